@@ -1,0 +1,43 @@
+# deepcontext: two commands for a fresh Debian 12 / Ubuntu machine.
+#   make demo   install everything, build Caffe (cached), train on the
+#               embedded photos for a few minutes on the CPU
+#   make test   install everything, run the tests
+# Caffe is built once per source+patches+options into $(DEEPCONTEXT_CACHE)
+# (default ~/.cache/deepcontext); later runs start in seconds.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: all setup sysdeps venv caffe test demo bench clean
+
+all: setup
+
+sysdeps:
+	@bash caffe_ext/sysdeps.sh
+
+$(VENV)/.requirements.stamp: requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+venv: sysdeps $(VENV)/.requirements.stamp
+
+caffe: venv
+	@$(PY) caffe_ext/build.py
+
+setup: caffe
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+demo: setup
+	$(PY) -m deepcontext.demo
+
+bench: setup
+	$(PY) bench/loader_throughput.py
+	$(PY) bench/cpu_step_time.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

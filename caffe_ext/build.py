@@ -1,0 +1,363 @@
+"""Build BVLC Caffe and pycaffe from source and install pycaffe into a venv.
+
+The source is Debian's source package ``caffe`` 1.0.0+git20180821.99bd997-8
+(BVLC master of 2018-08-21), downloaded with apt from the Debian 11 suite and
+verified against pinned SHA-256 sums; it is never committed here.  The
+patches listed in ``caffe_ext/patches/series`` are applied, Caffe is built
+with CMake into a cache folder outside the checkout, keyed by a hash of
+everything that changes the result (sources, patches, options, Python and
+numpy versions), and installed into the running interpreter's site-packages.
+
+A second run with the same key only checks stamps and re-installs if needed.
+
+Usage (the Makefile runs it with the venv's Python)::
+
+    .venv/bin/python caffe_ext/build.py [--tarball ORIG.tar.gz]
+                                        [--debian-tarball DEBIAN.tar.xz]
+                                        [--no-tests] [--jobs N]
+
+Environment: ``DEEPCONTEXT_CACHE`` (default ``~/.cache/deepcontext``),
+``CAFFE_TARBALL`` / ``CAFFE_DEBIAN_TARBALL`` (local copies of the source).
+"""
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PATCH_DIR = os.path.join(HERE, 'patches')
+
+DEB_VERSION = '1.0.0+git20180821.99bd997-8'
+ORIG_NAME = 'caffe_1.0.0+git20180821.99bd997.orig.tar.gz'
+ORIG_SHA256 = 'e0eb3f06794f7402c77b7dec8e8480273ee1a1bb192e9122b621a69d4147ad0c'
+ORIG_SIZE = 8518844
+DEBIAN_NAME = 'caffe_%s.debian.tar.xz' % DEB_VERSION
+DEBIAN_SHA256 = '07cf073227494a6b07234e40cb5df91db566616593eef9baafdc4d06ad159f21'
+
+# CMake options of the CPU build.  OpenCV is off: deepcontext decodes images
+# with Pillow, and Caffe's OpenCV-only layers (ImageData, WindowData) are not
+# used.  Bump BUILD_REVISION when the build logic changes in a way the
+# options do not show.
+BUILD_REVISION = '1'
+CPU_OPTIONS = [
+    '-DCMAKE_BUILD_TYPE=Release',
+    '-DCPU_ONLY=ON',
+    '-DBUILD_python=ON',
+    '-DBUILD_python_layer=ON',
+    '-DUSE_OPENCV=OFF',
+    '-DUSE_LEVELDB=ON',
+    '-DUSE_LMDB=ON',
+    '-DUSE_HDF5=ON',
+    '-DBLAS=Open',
+    '-DBUILD_docs=OFF',
+]
+# Caffe tools copied next to the venv's python (used by benches and tests).
+TOOLS = ['caffe', 'convert_imageset', 'compute_image_mean']
+
+
+def log(msg):
+    print('[caffe_ext] ' + msg, flush=True)
+
+
+def die(msg):
+    print('[caffe_ext] ERROR: ' + msg, file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_root():
+    return os.path.expanduser(os.environ.get('DEEPCONTEXT_CACHE',
+                                             '~/.cache/deepcontext'))
+
+
+def read_series():
+    """Return the patch names of ``patches/series`` in order."""
+    names = []
+    with open(os.path.join(PATCH_DIR, 'series')) as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith('#'):
+                names.append(line)
+    return names
+
+
+def debian_mirror():
+    """The Debian mirror this machine's apt already uses, if any."""
+    candidates = ['/etc/apt/sources.list.d/debian.sources',
+                  '/etc/apt/sources.list']
+    for path in candidates:
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            text = f.read()
+        for uri in re.findall(r'(?:^URIs:|^deb(?:-src)?)\s+(\S+)', text, re.M):
+            if 'debian' in uri and 'security' not in uri:
+                return uri.rstrip('/')
+    return 'http://deb.debian.org/debian'
+
+
+def apt_download(dest):
+    """Fetch the source package with apt, without touching apt's own state."""
+    if shutil.which('apt-get') is None:
+        die('apt-get not found: give local copies of the source with '
+            'CAFFE_TARBALL=%s and CAFFE_DEBIAN_TARBALL=%s' % (ORIG_NAME,
+                                                             DEBIAN_NAME))
+    keyring = '/usr/share/keyrings/debian-archive-keyring.gpg'
+    # Integrity rests on the pinned SHA-256 sums checked afterwards; the
+    # archive signature is checked too where Debian's keyring is installed.
+    opt = '[signed-by=%s]' % keyring if os.path.exists(keyring) else \
+        '[trusted=yes]'
+    with tempfile.TemporaryDirectory(prefix='caffe-apt-') as tmp:
+        lists = os.path.join(tmp, 'lists')
+        os.makedirs(os.path.join(lists, 'partial'))
+        srclist = os.path.join(tmp, 'sources.list')
+        with open(srclist, 'w') as f:
+            f.write('deb-src %s %s bullseye main\n' % (opt, debian_mirror()))
+        apt = ['apt-get', '-q', '-o', 'Dir::Etc::sourcelist=' + srclist,
+               '-o', 'Dir::Etc::sourceparts=-',
+               '-o', 'Dir::State::Lists=' + lists,
+               '-o', 'APT::Sandbox::User=root']
+        log('downloading Debian source package caffe=%s' % DEB_VERSION)
+        for cmd in (apt + ['update'],
+                    apt + ['source', '--download-only',
+                           'caffe=' + DEB_VERSION]):
+            r = subprocess.run(cmd, cwd=tmp, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+            if r.returncode != 0:
+                die('%s failed:\n%s\nGive local copies of the source with '
+                    'CAFFE_TARBALL and CAFFE_DEBIAN_TARBALL.'
+                    % (' '.join(cmd[-2:]), r.stdout[-2000:]))
+        for name in (ORIG_NAME, DEBIAN_NAME):
+            shutil.move(os.path.join(tmp, name), os.path.join(dest, name))
+
+
+def fetch_sources(tarball, debian_tarball):
+    """Return verified paths of the orig and debian tarballs."""
+    dl = os.path.join(cache_root(), 'downloads')
+    os.makedirs(dl, exist_ok=True)
+    orig = tarball or os.path.join(dl, ORIG_NAME)
+    deb = debian_tarball or os.path.join(dl, DEBIAN_NAME)
+    if not (os.path.exists(orig) and os.path.exists(deb)):
+        with tempfile.TemporaryDirectory(dir=dl) as tmp:
+            apt_download(tmp)
+            for name, path in ((ORIG_NAME, orig), (DEBIAN_NAME, deb)):
+                if not os.path.exists(path):
+                    shutil.move(os.path.join(tmp, name), path)
+    for path, want in ((orig, ORIG_SHA256), (deb, DEBIAN_SHA256)):
+        got = sha256_file(path)
+        if got != want:
+            die('%s: SHA-256 %s, expected %s. The file is not the pinned Caffe '
+                'source; delete it (or give the right one) and run again.'
+                % (path, got, want))
+    if os.path.getsize(orig) != ORIG_SIZE:
+        die('%s: unexpected size' % orig)
+    return orig, deb
+
+
+def python_facts():
+    import numpy
+    ver = '%d.%d' % sys.version_info[:2]
+    inc = sysconfig.get_paths()['include']
+    libdir = sysconfig.get_config_var('LIBDIR') or ''
+    ldlib = sysconfig.get_config_var('LDLIBRARY') or ''
+    lib = os.path.join(libdir, ldlib)
+    if not os.path.exists(lib):
+        multi = sysconfig.get_config_var('MULTIARCH') or ''
+        lib = os.path.join(libdir, multi, ldlib)
+    return {'version': ver, 'include': inc, 'library': lib,
+            'numpy': numpy.__version__, 'numpy_include': numpy.get_include()}
+
+
+def build_key(orig, deb, options, py):
+    h = hashlib.sha256()
+    for part in (ORIG_SHA256, DEBIAN_SHA256, BUILD_REVISION,
+                 ' '.join(options), py['version'], py['numpy']):
+        h.update(part.encode() + b'\0')
+    for name in read_series():
+        h.update(name.encode() + b'\0')
+        if not name.startswith('debian:'):
+            with open(os.path.join(PATCH_DIR, name), 'rb') as f:
+                h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def extract(tar_path, dest):
+    with tarfile.open(tar_path) as t:
+        if hasattr(tarfile, 'data_filter'):  # Python >= 3.11.4
+            t.extractall(dest, filter='data')
+        else:
+            t.extractall(dest)
+
+
+def apply_patches(src, deb_tarball):
+    with tempfile.TemporaryDirectory() as tmp:
+        extract(deb_tarball, tmp)
+        for name in read_series():
+            if name.startswith('debian:'):
+                path = os.path.join(tmp, 'debian', 'patches',
+                                    name[len('debian:'):])
+            else:
+                path = os.path.join(PATCH_DIR, name)
+            if not os.path.exists(path):
+                die('patch %s not found (%s)' % (name, path))
+            with open(path, 'rb') as f:
+                r = subprocess.run(['patch', '-p1', '--forward', '--batch'],
+                                   cwd=src, stdin=f, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+            if r.returncode != 0:
+                die('patch %s does not apply:\n%s' % (name, r.stdout))
+            log('applied %s' % name)
+
+
+def run_logged(cmd, cwd, logf, progress=False):
+    """Run cmd, append its output to logf; echo make's [ NN%] lines."""
+    logf.write('$ %s\n' % ' '.join(cmd))
+    logf.flush()
+    p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    last = ''
+    tail = []
+    for line in p.stdout:
+        logf.write(line)
+        tail = (tail + [line])[-40:]
+        m = re.match(r'\[\s*(\d+)%\]', line)
+        if progress and m and m.group(1) != last:
+            last = m.group(1)
+            log('  %3s%%  %s' % (last, line[m.end():].strip()[:90]))
+    if p.wait() != 0:
+        die('%s failed (exit %d); last lines:\n%s\nfull log: %s'
+            % (cmd[0], p.returncode, ''.join(tail), logf.name))
+
+
+def build(root, orig, deb, options, py, jobs, tests):
+    src = os.path.join(root, 'src')
+    bld = os.path.join(root, 'build')
+    inst = os.path.join(root, 'install')
+    os.makedirs(root, exist_ok=True)
+    if not os.path.exists(os.path.join(root, 'patched.stamp')):
+        shutil.rmtree(src, ignore_errors=True)
+        log('extracting %s' % os.path.basename(orig))
+        extract(orig, src)  # the orig tarball has no top-level folder
+        apply_patches(src, deb)
+        open(os.path.join(root, 'patched.stamp'), 'w').close()
+    os.makedirs(bld, exist_ok=True)
+    cmake = ['cmake', src, '-DCMAKE_INSTALL_PREFIX=' + inst,
+             '-Dpython_version=' + py['version'],
+             '-DPYTHON_EXECUTABLE=' + sys.executable,
+             '-DPYTHON_INCLUDE_DIR=' + py['include'],
+             '-DPYTHON_LIBRARY=' + py['library'],
+             '-DNUMPY_INCLUDE_DIR=' + py['numpy_include'],
+             '-DNUMPY_VERSION=' + py['numpy']] + options
+    t0 = time.time()
+    with open(os.path.join(root, 'build.log'), 'a') as logf:
+        log('configuring (cmake); full log in %s' % logf.name)
+        run_logged(cmake, bld, logf)
+        log('compiling libcaffe, tools and pycaffe with %d jobs '
+            '(about 6 minutes on 2 cores)' % jobs)
+        run_logged(['make', '-j%d' % jobs, 'all'], bld, logf, progress=True)
+        if tests:
+            log('compiling Caffe\'s C++ test suite (about 3 minutes)')
+            run_logged(['make', '-j%d' % jobs, 'test.testbin'], bld, logf,
+                       progress=True)
+        run_logged(['make', 'install'], bld, logf)
+    log('built in %.0f s' % (time.time() - t0))
+
+
+def install_into_site(root, tests):
+    """Copy pycaffe (with libcaffe beside it) into this interpreter's site."""
+    inst = os.path.join(root, 'install')
+    site = sysconfig.get_paths()['purelib']
+    dst = os.path.join(site, 'caffe')
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(os.path.join(inst, 'python', 'caffe'), dst)
+    libdir = os.path.join(inst, 'lib')
+    (libname,) = [n for n in os.listdir(libdir)
+                  if re.match(r'libcaffe\.so\.\d', n) and
+                  not os.path.islink(os.path.join(libdir, n))]
+    shutil.copy2(os.path.join(libdir, libname), dst)
+    soname = subprocess.run(['patchelf', '--print-soname', libname], cwd=dst,
+                            stdout=subprocess.PIPE, text=True,
+                            check=True).stdout.strip()
+    if soname != libname:
+        os.symlink(libname, os.path.join(dst, soname))
+    # $ORIGIN: _caffe.so finds libcaffe next to itself, wherever the venv is.
+    subprocess.run(['patchelf', '--set-rpath', '$ORIGIN',
+                    os.path.join(dst, '_caffe.so')], check=True)
+    # Caffe's own Python tests travel with the package (CMake leaves them out).
+    shutil.copytree(os.path.join(root, 'src', 'python', 'caffe', 'test'),
+                    os.path.join(dst, 'test'))
+    bindir = os.path.dirname(sys.executable)
+    for tool in TOOLS:
+        path = os.path.join(bindir, tool)
+        shutil.copy2(os.path.join(inst, 'bin', tool), path)
+        rel = os.path.relpath(dst, bindir)
+        subprocess.run(['patchelf', '--set-rpath', '$ORIGIN/' + rel, path],
+                       check=True)
+    testbin = os.path.join(root, 'build', 'test', 'test.testbin')
+    with open(os.path.join(dst, 'BUILD_INFO'), 'w') as f:
+        f.write('source: Debian caffe %s\nbuild: %s\ntestbin: %s\n'
+                'cpu_only: %s\n' % (DEB_VERSION, root,
+                                    testbin if tests else '',
+                                    'yes' if '-DCPU_ONLY=ON' in CPU_OPTIONS
+                                    else 'no'))
+    log('installed pycaffe into %s' % dst)
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--tarball', default=os.environ.get('CAFFE_TARBALL'),
+                   help='local copy of %s' % ORIG_NAME)
+    p.add_argument('--debian-tarball',
+                   default=os.environ.get('CAFFE_DEBIAN_TARBALL'),
+                   help='local copy of %s' % DEBIAN_NAME)
+    p.add_argument('--jobs', type=int, default=os.cpu_count() or 2)
+    p.add_argument('--no-tests', action='store_true',
+                   help="skip building Caffe's C++ test binary")
+    return p.parse_args()
+
+
+def main():
+    args = parse_args()
+    for tool in ('cmake', 'make', 'patch', 'patchelf', 'protoc'):
+        if shutil.which(tool) is None:
+            die('%s not found: run caffe_ext/sysdeps.sh (as root) or '
+                'install the packages in caffe_ext/apt-packages.txt' % tool)
+    py = python_facts()
+    tests = not args.no_tests
+    orig, deb = fetch_sources(args.tarball, args.debian_tarball)
+    key = build_key(orig, deb, CPU_OPTIONS, py)
+    root = os.path.join(cache_root(), 'caffe-cpu-' + key)
+    done = os.path.join(root, 'done-tests.stamp' if tests else 'done.stamp')
+    if os.path.exists(done):
+        log('cached build %s' % root)
+    else:
+        build(root, orig, deb, CPU_OPTIONS, py, args.jobs, tests)
+        open(done, 'w').close()
+        if tests:
+            open(os.path.join(root, 'done.stamp'), 'w').close()
+    site = sysconfig.get_paths()['purelib']
+    stamp = os.path.join(site, 'caffe', 'BUILD_KEY')
+    if not (os.path.exists(stamp) and open(stamp).read() == key):
+        install_into_site(root, tests)
+        with open(stamp, 'w') as f:
+            f.write(key)
+    else:
+        log('pycaffe %s already installed in %s' % (key, site))
+
+
+if __name__ == '__main__':
+    main()
