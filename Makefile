@@ -17,9 +17,10 @@ all: setup
 sysdeps:
 	@bash caffe_ext/sysdeps.sh
 
-$(VENV)/.requirements.stamp: requirements.txt
+$(VENV)/.requirements.stamp: requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $@
 
 venv: sysdeps $(VENV)/.requirements.stamp

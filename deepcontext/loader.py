@@ -1,0 +1,300 @@
+"""Multiprocess batch loader: workers sample patch pairs into shared memory.
+
+As the original imgloader, each worker walks through *all* images in its
+own random order (permutation seeded per worker), resizes each image to
+150k-450k pixels, samples 4 grids from it, and preprocesses the patches.
+The main process reads the workers' queues round robin.
+
+Transport: the original saved each batch as an .npy file in /dev/shm and
+sent the file name through a Queue.  Here every worker owns a ring of
+batch-sized buffers in shared memory, mapped before the workers are forked:
+a worker writes patches straight into a free buffer and sends only the
+buffer's number, the pairs and the labels.  By default the buffers are
+anonymous shared mappings (no files, nothing to clean up, freed when the
+last process exits); with ``tmp_dir`` they are files there, removed on close.
+
+Seeds are integers given by the caller (never ``hash()``, which Python 3
+randomises per process).  Workers use the 'fork' start method explicitly.
+"""
+import atexit
+import ctypes
+import mmap
+import multiprocessing as mp
+import os
+import queue
+import random
+import shutil
+import signal
+import tempfile
+import time
+import traceback
+from collections import namedtuple
+
+import numpy as np
+
+from deepcontext import images as dc_images
+from deepcontext import preprocess, sampling
+
+PATCH_SHAPE = (3, sampling.PATCH_SIZE, sampling.PATCH_SIZE)
+PATCH_BYTES = int(np.prod(PATCH_SHAPE)) * 4
+
+Batch = namedtuple('Batch', 'data pairs labels worker slot queued')
+
+
+class LoaderError(RuntimeError):
+    """A loader worker died, failed, or found no usable image."""
+
+
+def _die_with_parent():
+    """Ask Linux to SIGTERM this worker when its parent dies (kill -9 too)."""
+    try:
+        libc = ctypes.CDLL('libc.so.6', use_errno=True)
+        libc.prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except OSError:   # not glibc Linux: the parent-pid check below remains
+        pass
+
+
+class ImageStream:
+    """Endless stream of usable resized images in a seeded order.
+
+    Broken images are reported through ``report`` and skipped; images not
+    larger than 2*96+48+7 pixels on both sides after resizing are skipped
+    silently, as the original did.  If a whole pass over the set yields
+    nothing usable, LoaderError.
+    """
+
+    def __init__(self, image_set, rng, nprng, report=print):
+        self.image_set = image_set
+        self.rng = rng
+        self.order = nprng.permutation(len(image_set))
+        self.cursor = 0
+        self.report = report
+        self.min_side = sampling.min_image_side()
+
+    def next(self):
+        misses = 0
+        while True:
+            if misses >= len(self.order):
+                raise LoaderError('no usable image in %s: all %d failed to '
+                                  'load or are too small (need > %d px a '
+                                  'side after resizing to 150k-450k pixels)'
+                                  % (self.image_set.describe(),
+                                     len(self.order), self.min_side))
+            idx = int(self.order[self.cursor % len(self.order)])
+            self.cursor += 1
+            target = self.rng.randint(*preprocess.TARGET_PIXELS)
+            try:
+                im = dc_images.load_rgb(self.image_set[idx])
+            except dc_images.ImageError as e:
+                self.report('skipping image %d: %s' % (idx, e))
+                misses += 1
+                continue
+            im = preprocess.resize_to_pixels(im, target)
+            if im.shape[0] > self.min_side and im.shape[1] > self.min_side:
+                return idx, im
+            misses += 1
+
+
+def fill_batches(stream, buffers, free, emit, rng, nprng, batch_size,
+                 projection=False, grids_per_image=sampling.GRIDS_PER_IMAGE):
+    """The worker's loop: sample grids into buffers, emit full batches.
+
+    Parameters
+    ----------
+    stream : ImageStream
+    buffers : list of (batch_size, 3, 96, 96) float32 arrays
+    free : callable returning the number of a free buffer (may block)
+    emit : callable(slot, n_patches, pairs, labels)
+    """
+    asm = sampling.BatchAssembler(batch_size)
+    slot = free()
+    grids_left = 0
+    while True:
+        if grids_left == 0:
+            _, im = stream.next()
+            grids_left = grids_per_image
+        start, cols, rows, closes = asm.plan_grid(im.shape, rng)
+        if closes:
+            n = asm.count
+            pairs, labels = asm.take()
+            emit(slot, n, pairs, labels)
+            slot = free()
+        grids_left -= 1
+        base = asm.count
+        corners = asm.add(im.shape, start, cols, rows, rng)
+        out = buffers[slot]
+        for i, corner in enumerate(corners):
+            out[base + i] = preprocess.prep_patch(
+                preprocess.crop(im, corner), rng, nprng, projection)
+
+
+def _worker_main(wid, seed, image_set, buffers, free_q, ready_q, batch_size,
+                 projection, parent_pid):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    _die_with_parent()
+    rng = random.Random(seed)
+    nprng = np.random.RandomState(seed)
+
+    def report(text):
+        ready_q.put(('log', 'loader %d: %s' % (wid, text)))
+
+    def free():
+        while True:
+            try:
+                return free_q.get(timeout=5)
+            except queue.Empty:
+                if os.getppid() != parent_pid:
+                    os._exit(0)
+
+    def emit(slot, n, pairs, labels):
+        ready_q.put(('batch', slot, n, pairs, labels))
+
+    try:
+        stream = ImageStream(image_set, rng, nprng, report)
+        fill_batches(stream, buffers, free, emit, rng, nprng, batch_size,
+                     projection)
+    except BaseException as e:  # report every failure to the main process
+        ready_q.put(('error', 'loader %d failed: %s\n%s'
+                     % (wid, e, traceback.format_exc())))
+        ready_q.close()
+        ready_q.join_thread()
+        os._exit(1)
+
+
+class BatchLoader:
+    """Worker processes producing batches; read them with :meth:`get`.
+
+    Parameters
+    ----------
+    image_set : images.ImageSet
+    seeds : list of int, one per worker
+    batch_size : int, a batch holds fewer patches than this
+    queue_size : int, batches a worker may have ready
+    projection : bool, see preprocess.prep_patch
+    tmp_dir : str or None, see module docstring
+    log : callable(str) for the workers' messages
+    """
+
+    def __init__(self, image_set, seeds, batch_size=sampling.BATCH_SIZE,
+                 queue_size=5, projection=False, tmp_dir=None, log=print):
+        self.image_set = image_set
+        self.seeds = list(seeds)
+        self.batch_size = batch_size
+        self.queue_size = queue_size
+        self.projection = projection
+        self.tmp_dir = tmp_dir
+        self.log = log
+        self.procs, self.ready, self.free, self.buffers = [], [], [], []
+        self._maps = []
+        self._tmp = None
+        self._next = 0
+        self._closed = False
+
+    def _alloc(self, nbytes):
+        if self.tmp_dir is None:
+            m = mmap.mmap(-1, nbytes)  # anonymous MAP_SHARED: fork shares it
+        else:
+            fd, path = tempfile.mkstemp(dir=self._tmp, suffix='.buf')
+            os.ftruncate(fd, nbytes)
+            m = mmap.mmap(fd, nbytes)
+            os.close(fd)
+        self._maps.append(m)
+        return np.frombuffer(m, dtype=np.float32).reshape(
+            (self.batch_size,) + PATCH_SHAPE)
+
+    def start(self):
+        ctx = mp.get_context('fork')
+        if self.tmp_dir is not None:
+            os.makedirs(self.tmp_dir, exist_ok=True)
+            self._tmp = tempfile.mkdtemp(prefix='deepcontext-',
+                                         dir=self.tmp_dir)
+        nslots = self.queue_size + 2   # ready + one filling + one in use
+        for wid, seed in enumerate(self.seeds):
+            bufs = [self._alloc(self.batch_size * PATCH_BYTES)
+                    for _ in range(nslots)]
+            free_q, ready_q = ctx.Queue(), ctx.Queue()
+            for s in range(nslots):
+                free_q.put(s)
+            p = ctx.Process(target=_worker_main, name='deepcontext-loader-%d'
+                            % wid, daemon=True,
+                            args=(wid, seed, self.image_set, bufs, free_q,
+                                  ready_q, self.batch_size, self.projection,
+                                  os.getpid()))
+            p.start()
+            self.procs.append(p)
+            self.buffers.append(bufs)
+            self.free.append(free_q)
+            self.ready.append(ready_q)
+        atexit.register(self.close)
+        return self
+
+    def get(self, timeout=600.0):
+        """Next batch, round robin over the workers.
+
+        The returned ``data`` is a view into shared memory: copy it, then
+        call :meth:`release`.  Raises LoaderError if the worker died or
+        failed, or nothing arrived within ``timeout`` seconds.
+        """
+        wid = self._next % len(self.procs)
+        self._next += 1
+        deadline = time.time() + timeout
+        while True:
+            try:
+                msg = self.ready[wid].get(timeout=1.0)
+            except queue.Empty:
+                p = self.procs[wid]
+                if not p.is_alive():
+                    raise LoaderError('loader worker %d (pid %d) died with '
+                                      'exit code %s' % (wid, p.pid,
+                                                        p.exitcode))
+                if time.time() > deadline:
+                    raise LoaderError('loader worker %d sent nothing for '
+                                      '%.0f s' % (wid, timeout))
+                continue
+            if msg[0] == 'log':
+                self.log(msg[1])
+            elif msg[0] == 'error':
+                raise LoaderError(msg[1])
+            else:
+                _, slot, n, pairs, labels = msg
+                return Batch(self.buffers[wid][slot][:n], pairs, labels, wid,
+                             slot, self.ready[wid].qsize())
+
+    def release(self, batch):
+        """Give a batch's buffer back to its worker."""
+        self.free[batch.worker].put(batch.slot)
+
+    def close(self):
+        """Stop the workers and free the buffers.  Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        for p in self.procs:
+            if p.is_alive():
+                p.terminate()
+        for p in self.procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+        for q in self.free + self.ready:
+            q.cancel_join_thread()
+            q.close()
+        self.buffers = []
+        for m in self._maps:
+            try:
+                m.close()
+            except BufferError:  # a caller still holds a view; GC frees it
+                pass
+        self._maps = []
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+        atexit.unregister(self.close)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()

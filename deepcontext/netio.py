@@ -1,0 +1,56 @@
+"""Everything that reaches into a pycaffe Net: inputs, statistics, checks.
+
+The trainer and the tools go through these functions, so how we touch
+Caffe's blobs (and any private pycaffe call) is in one place.
+"""
+import numpy as np
+
+
+def set_inputs(net, data, pairs, labels):
+    """Write one batch into the net's DummyData inputs, reshaping them.
+
+    Parameters
+    ----------
+    data : (N, 3, 96, 96) float32 patches
+    pairs : (P, 2) int, batch indices of (first, second) patch of each pair
+    labels : (P,) int in 0..7
+    """
+    blobs = net.blobs
+    blobs['data'].reshape(*data.shape)
+    blobs['data'].data[...] = data
+    npairs = pairs.shape[0]
+    for name, values in (('select1', pairs[:, 0]), ('select2', pairs[:, 1]),
+                         ('label', labels)):
+        blobs[name].reshape(npairs)
+        blobs[name].data[...] = values
+
+
+def loss(net):
+    return float(net.blobs['loss'].data)
+
+
+def tracked_params(net):
+    """Names of the learned layers whose weights are monitored (not bnN)."""
+    return [name for name in net.params if 'bn' not in name]
+
+
+def weights(net, name):
+    return net.params[name][0].data
+
+
+def param_norm(net, name):
+    w = weights(net, name)
+    return float(np.sqrt(np.sum(w.astype(np.float64) ** 2)))
+
+
+def update_norm(net, name, old):
+    w = weights(net, name)
+    return float(np.sqrt(np.sum((w.astype(np.float64) - old) ** 2)))
+
+
+def fc8_weight_sum(net):
+    return float(np.sum(weights(net, 'fc8')))
+
+
+def pool1_max_abs_diff(net):
+    return float(np.max(np.abs(net.blobs['pool1'].diff)))

@@ -1,0 +1,146 @@
+"""The context-prediction network, generated with caffe.NetSpec.
+
+Layer for layer the original ``gen_net()`` of cdoersch/deepcontext: a
+CaffeNet stack without groups on 96x96 patches (conv1..conv5, pool5 is
+3x3x256), fc6 per patch, then pairs of fc6 outputs are gathered with
+BatchReindex (``select1``/``select2`` hold batch indices), concatenated,
+and classified by fc7, fc8, fc9 into the 8 relative positions.
+
+BatchNorm on conv3-5, fc6 and fc7 has no scale/shift layer after it:
+a learned scale would let the network silence a layer's activations,
+exactly what must not happen early in training (the original's comment).
+Its three blobs (mean, variance, scale factor) are statistics, never
+learned: lr_mult 0 on each.
+
+Layer names are stable (convN, bnN, reluN, fcN): debatchnorm and the
+exporters depend on them.
+
+Run ``python -m deepcontext.nets OUTDIR`` to write network.prototxt and
+network_no_bn.prototxt, the files training writes.
+"""
+import os
+import sys
+
+from caffe import layers as L, params as P, NetSpec
+
+XAVIER = dict(type='xavier')
+# mean, variance and moving-average factor of BatchNorm are not learned.
+BN_PARAMS = [dict(lr_mult=0), dict(lr_mult=0), dict(lr_mult=0)]
+INPUT_SHAPE = (3, 96, 96)
+
+
+def _add(n, name, layer):
+    setattr(n, name, layer)
+    return getattr(n, name)
+
+
+def conv_relu(n, bottom, name, ks, nout, stride=1, pad=0, batchnorm=False):
+    """convN [+ bnN] + reluN, in place after the convolution."""
+    conv = _add(n, 'conv' + name,
+                L.Convolution(bottom, kernel_size=ks, stride=stride,
+                              num_output=nout, pad=pad, group=1,
+                              weight_filler=XAVIER))
+    top = conv
+    if batchnorm:
+        top = _add(n, 'bn' + name, L.BatchNorm(conv, in_place=True,
+                                               param=BN_PARAMS))
+    _add(n, 'relu' + name, L.ReLU(top, in_place=True))
+    return conv
+
+
+def fc_relu(n, bottom, name, nout, batchnorm=False):
+    """fcN [+ bnN] + reluN."""
+    fc = _add(n, 'fc' + name, L.InnerProduct(bottom, num_output=nout,
+                                             weight_filler=XAVIER))
+    top = fc
+    if batchnorm:
+        top = _add(n, 'bn' + name, L.BatchNorm(fc, in_place=True,
+                                               param=BN_PARAMS))
+    _add(n, 'relu' + name, L.ReLU(top, in_place=True))
+    return fc
+
+
+def max_pool(bottom, ks, stride=1):
+    return L.Pooling(bottom, pool=P.Pooling.MAX, kernel_size=ks,
+                     stride=stride)
+
+
+def lrn(bottom):
+    return L.LRN(bottom, local_size=5, alpha=1e-4, beta=0.75)
+
+
+def caffenet_stack(n, data, use_bn=True):
+    """conv1 .. fc6 of the patch tower (shared by all patches)."""
+    conv_relu(n, data, '1', 11, 96, stride=4, pad=5)
+    n.pool1 = max_pool(n.relu1, 3, stride=2)
+    n.norm1 = lrn(n.pool1)
+    conv_relu(n, n.norm1, '2', 5, 256, pad=2)
+    n.pool2 = max_pool(n.relu2, 3, stride=2)
+    n.norm2 = lrn(n.pool2)
+    conv_relu(n, n.norm2, '3', 3, 384, pad=1, batchnorm=use_bn)
+    conv_relu(n, n.relu3, '4', 3, 384, pad=1, batchnorm=use_bn)
+    conv_relu(n, n.relu4, '5', 3, 256, pad=1, batchnorm=use_bn)
+    n.pool5 = max_pool(n.relu5, 3, stride=2)
+    fc_relu(n, n.pool5, '6', 4096, batchnorm=use_bn)
+
+
+def gen_net(batch_size=512, use_bn=True):
+    """The training network as a NetParameter.
+
+    Parameters
+    ----------
+    batch_size : int
+        Patches in the initial ``data`` shape; the trainer reshapes the
+        inputs for every batch.
+    use_bn : bool
+        False gives the twin without BatchNorm (bn3..bn7 removed), the
+        definition debatchnorm folds into.
+
+    Returns
+    -------
+    caffe_pb2.NetParameter
+    """
+    n = NetSpec()
+    n.data = L.DummyData(shape=dict(dim=[batch_size] + list(INPUT_SHAPE)))
+    n.select1 = L.DummyData(shape=dict(dim=[2]))
+    n.select2 = L.DummyData(shape=dict(dim=[2]))
+    n.label = L.DummyData(shape=dict(dim=[2]))
+    caffenet_stack(n, n.data, use_bn)
+    n.first = L.BatchReindex(n.relu6, n.select1)
+    n.second = L.BatchReindex(n.relu6, n.select2)
+    n.fc6_concat = L.Concat(n.first, n.second)
+    fc_relu(n, n.fc6_concat, '7', 4096, batchnorm=use_bn)
+    fc_relu(n, n.relu7, '8', 4096)
+    n.fc9 = L.InnerProduct(n.relu8, num_output=8, weight_filler=XAVIER)
+    n.loss = L.SoftmaxWithLoss(n.fc9, n.label,
+                               loss_param=dict(normalization=P.Loss.NONE))
+    proto = n.to_proto()
+    proto.debug_info = True
+    return proto
+
+
+def write_nets(outdir, batch_size=512):
+    """Write network.prototxt and network_no_bn.prototxt; return paths."""
+    os.makedirs(outdir, exist_ok=True)
+    paths = []
+    for name, use_bn in (('network.prototxt', True),
+                         ('network_no_bn.prototxt', False)):
+        path = os.path.join(outdir, name)
+        with open(path, 'w') as f:
+            f.write(str(gen_net(batch_size, use_bn)))
+        paths.append(path)
+    return paths
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print('usage: python -m deepcontext.nets OUTDIR', file=sys.stderr)
+        return 2
+    for path in write_nets(argv[0]):
+        print('wrote ' + path)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Image and patch preprocessing, with the numbers of the original train.py.
+
+Resizing is part of those numbers.  The original resized through caffe.io,
+i.e. scikit-image of 2015: bilinear interpolation (order 1), pixel centres
+mapped as ``(i + 0.5) * scale - 0.5``, zeros outside the image, and no
+anti-aliasing.  scikit-image >= 0.15 blurs before downsampling unless told
+not to, which changes every downsampled patch; :func:`resize_bilinear`
+therefore passes ``anti_aliasing=False`` and ``mode='constant'`` explicitly.
+``tests/test_preprocess.py`` checks it against an independent numpy
+implementation of the 2015 algorithm.
+
+Randomness comes from explicit generators (``random.Random`` for the
+scalar draws the original took from Python's ``random``, a numpy
+``RandomState`` for the noise channels it took from ``np.random``).
+"""
+import math
+
+import numpy as np
+
+from deepcontext import sampling
+
+# Probability that a patch is downsampled and upsampled again.  The paper
+# says "1/3"; the original code tests random() < .33, kept here.
+DOWNSAMPLE_PROB = .33
+# A downsampled patch has side sqrt(U(10^2, 95^2)) pixels (100 to 9025 pixels).
+DOWNSAMPLE_MIN_PIXELS = 10 * 10
+DOWNSAMPLE_MAX_PIXELS = 95 * 95
+TARGET_RMS = 50.0   # per-patch RMS after normalisation (about AlexNet's)
+TARGET_PIXELS = (150000, 450000)   # images are resized to this many pixels
+
+# Projection (paper, Sec. 3.1): remove the green-magenta colour axis, the
+# axis along which chromatic aberration moves colours, instead of dropping
+# channels.  B = I - a a^T / (a^T a), a = (-1, 2, -1).
+_A = np.array([-1.0, 2.0, -1.0])
+PROJECTION = np.eye(3) - np.outer(_A, _A) / _A.dot(_A)
+
+
+def resize_bilinear(im, shape):
+    """Resize as skimage.transform.resize did in 2015 (caffe.io.resize).
+
+    Parameters
+    ----------
+    im : (H, W) or (H, W, C) array.  uint8 input is scaled to [0, 1] first,
+        as scikit-image does.
+    shape : (height, width)
+
+    Returns
+    -------
+    float64 array of shape (height, width[, C])
+    """
+    from skimage.transform import resize
+    return resize(im, tuple(shape), order=1, mode='constant', cval=0,
+                  clip=True, preserve_range=False, anti_aliasing=False)
+
+
+def resize_image(im, shape):
+    """caffe.io.resize_image: rescale to [0, 1], resize, scale back.
+
+    The detour through [0, 1] means the zeros outside the image are, in the
+    image's own units, its minimum value.
+
+    Returns
+    -------
+    float32 array of shape (height, width, C)
+    """
+    lo, hi = float(im.min()), float(im.max())
+    if hi <= lo:
+        return np.full(tuple(shape) + im.shape[2:], lo, dtype=np.float32)
+    std = (im - lo) / (hi - lo)
+    out = resize_bilinear(std, shape) * (hi - lo) + lo
+    return out.astype(np.float32)
+
+
+def resize_to_pixels(im_uint8, target_pixels):
+    """The original utils.get_resized_image: float in [0, 1], ~N pixels.
+
+    Parameters
+    ----------
+    im_uint8 : (H, W, 3) uint8
+    target_pixels : int, e.g. drawn from U{150000..450000}
+
+    Returns
+    -------
+    float32 (h, w, 3) array, values in [0, 1]
+    """
+    im = im_uint8.astype(np.float32) / 255
+    return resize_image(im, sampling.target_shape(im.shape, target_pixels))
+
+
+def crop(im, corner, patch=sampling.PATCH_SIZE):
+    """A patch at corner (x, y) of a [0, 1] image, as float32 in [0, 255]."""
+    x, y = corner
+    return im[y:y + patch, x:x + patch, :] * np.float32(255)
+
+
+def prep_patch(patch, rng, nprng, projection=False):
+    """Preprocess one patch as the original prep_image did.
+
+    1. With probability .33, downsample to a random side
+       sqrt(U(100, 9025)) and upsample back (bilinear, through uint8 as the
+       original did).
+    2. Colour dropping: keep one random channel minus its mean; replace the
+       other two by U(-0.5, 0.5) noise.  With ``projection=True`` instead
+       project out the green-magenta axis and remove each channel's mean.
+    3. Scale so the patch's RMS is 50.
+
+    Parameters
+    ----------
+    patch : (H, W, 3) float32, values in [0, 255]; not modified
+    rng : random.Random
+    nprng : numpy.random.RandomState
+    projection : bool
+
+    Returns
+    -------
+    (3, H, W) float32, C-contiguous
+    """
+    im = np.array(patch, dtype=np.float32)
+    if rng.random() < DOWNSAMPLE_PROB:
+        side = int(math.sqrt(rng.random() *
+                             (DOWNSAMPLE_MAX_PIXELS - DOWNSAMPLE_MIN_PIXELS) +
+                             DOWNSAMPLE_MIN_PIXELS))
+        small = resize_bilinear(im.astype(np.uint8), (side, side))
+        im = (resize_bilinear(small, im.shape[:2]) * 255).astype(np.float32)
+    if projection:
+        im = im.dot(PROJECTION.astype(np.float32))
+        im -= im.mean(axis=(0, 1), dtype=np.float64).astype(np.float32)
+    else:
+        keep = rng.randint(0, 2)
+        for c in range(3):
+            if c == keep:
+                im[:, :, c] -= np.mean(im[:, :, c])
+            else:
+                im[:, :, c] = nprng.uniform(0, 1, im.shape[:2]) - .5
+    rms = np.sqrt(np.mean(np.square(im)))
+    if rms > 0:  # only a flat patch under projection has rms 0
+        im = im / rms * TARGET_RMS
+    return np.ascontiguousarray(im.transpose(2, 0, 1), dtype=np.float32)

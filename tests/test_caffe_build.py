@@ -1,0 +1,149 @@
+"""Our Caffe build: pycaffe from the venv, Caffe's own suites, SGD round trip.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+import caffe
+from caffe import layers as L, params as P
+from caffe.proto import caffe_pb2
+
+CAFFE_DIR = os.path.dirname(caffe.__file__)
+
+
+def build_info():
+    info = {}
+    with open(os.path.join(CAFFE_DIR, 'BUILD_INFO')) as f:
+        for line in f:
+            key, _, value = line.partition(':')
+            info[key.strip()] = value.strip()
+    return info
+
+
+def test_pycaffe_is_installed_in_the_venv():
+    assert CAFFE_DIR.startswith(sys.prefix)
+    assert os.path.isfile(os.path.join(CAFFE_DIR, '_caffe.so'))
+    assert 'Debian caffe 1.0.0+git20180821.99bd997-8' in build_info()['source']
+
+
+def test_layers_we_use_are_registered():
+    types = set(caffe.layer_type_list())
+    for t in ('BatchReindex', 'BatchNorm', 'Convolution', 'InnerProduct',
+              'LRN', 'Pooling', 'ReLU', 'Concat', 'DummyData',
+              'SoftmaxWithLoss', 'Data', 'Python'):
+        assert t in types, t
+
+
+def test_caffe_python_unit_tests(tmp_path):
+    """Caffe's own python/caffe/test suite, against the installed pycaffe."""
+    # The suite's layout: test_draw walks <root>/models and <root>/examples,
+    # three folders above the tests, so mirror python/caffe/test there.
+    src = os.path.join(build_info()['build'], 'src')
+    suite = tmp_path / 'python' / 'caffe' / 'test'
+    shutil.copytree(os.path.join(CAFFE_DIR, 'test'), suite)
+    for name in ('models', 'examples'):
+        os.symlink(os.path.join(src, name), tmp_path / name)
+    r = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p',
+                        'no:cacheprovider', '-W', 'ignore::DeprecationWarning',
+                        str(suite)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert re.search(r'\b5\d passed', r.stdout), r.stdout[-500:]
+
+
+# Caffe's whole C++ suite on the CPU (1058 tests, about 50 s on 2 cores;
+# BatchReindex, BatchNorm, Convolution, ..., Net and SGDSolver among them).
+CPP_FILTER = '-*GPU*'
+
+
+def test_caffe_cpp_suite():
+    testbin = build_info().get('testbin')
+    if not testbin or not os.path.isfile(testbin):
+        pytest.skip('C++ test binary not built (build.py --no-tests)')
+    # The tests open src/caffe/test/test_data/... relative to Caffe's root.
+    r = subprocess.run([testbin, '--gtest_filter=' + CPP_FILTER],
+                       cwd=os.path.join(build_info()['build'], 'src'),
+                       capture_output=True, text=True, timeout=900)
+    tail = r.stdout[-3000:]
+    assert r.returncode == 0, tail
+    assert '[  PASSED  ]' in r.stdout and 'FAILED' not in r.stdout, tail
+
+
+def tiny_net(path, batch=8):
+    n = caffe.NetSpec()
+    n.data, n.label = L.DummyData(
+        shape=[dict(dim=[batch, 3, 12, 12]), dict(dim=[batch])],
+        ntop=2)   # constant fillers: inputs we write persist across steps
+    n.conv = L.Convolution(n.data, kernel_size=3, num_output=4,
+                           weight_filler=dict(type='xavier'))
+    n.bn = L.BatchNorm(n.conv, in_place=True,
+                       param=[dict(lr_mult=0)] * 3)
+    n.relu = L.ReLU(n.conv, in_place=True)
+    n.fc = L.InnerProduct(n.conv, num_output=3,
+                          weight_filler=dict(type='xavier'))
+    n.loss = L.SoftmaxWithLoss(n.fc, n.label)
+    path.write_text(str(n.to_proto()))
+
+
+def make_solver(tmp_path):
+    s = caffe_pb2.SolverParameter()
+    s.net = str(tmp_path / 'net.prototxt')
+    s.type = 'SGD'
+    s.base_lr = 0.05
+    s.momentum = 0.9
+    s.lr_policy = 'fixed'
+    s.max_iter = 1000
+    s.snapshot_prefix = str(tmp_path / 'snap')
+    s.random_seed = 3
+    path = tmp_path / 'solver.prototxt'
+    path.write_text(text_format.MessageToString(s))
+    caffe.set_mode_cpu()
+    return caffe.get_solver(str(path))
+
+
+def params_of(net):
+    return {k: [b.data.copy() for b in v] for k, v in net.params.items()}
+
+
+def test_netspec_sgd_snapshot_restore_bit_identical(tmp_path):
+    tiny_net(tmp_path / 'net.prototxt')
+    solver = make_solver(tmp_path)
+    rs = np.random.RandomState(0)
+    batches = [(rs.randn(8, 3, 12, 12).astype(np.float32),
+                rs.randint(0, 3, 8).astype(np.float32)) for _ in range(10)]
+
+    def feed(s, i):
+        s.net.blobs['data'].data[...] = batches[i][0]
+        s.net.blobs['label'].data[...] = batches[i][1]
+
+    before = params_of(solver.net)
+    for i in range(5):
+        feed(solver, i)
+        solver.step(1)
+    after = params_of(solver.net)
+    assert any(not np.array_equal(before[k][0], after[k][0]) for k in before)
+    solver.snapshot()
+    state = tmp_path / 'snap_iter_5.solverstate'
+    assert state.is_file() and (tmp_path / 'snap_iter_5.caffemodel').is_file()
+
+    restored = make_solver(tmp_path)
+    restored.restore(str(state))
+    assert restored.iter == 5
+    for k, blobs in params_of(restored.net).items():
+        for a, b in zip(blobs, after[k]):
+            assert np.array_equal(a, b), k
+    # ... and the momentum history too: the next steps agree bit for bit.
+    for s in (solver, restored):
+        for i in range(5, 8):
+            feed(s, i)
+            s.step(1)
+    p1, p2 = params_of(solver.net), params_of(restored.net)
+    for k in p1:
+        for a, b in zip(p1[k], p2[k]):
+            assert np.array_equal(a, b), k

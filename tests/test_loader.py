@@ -1,0 +1,114 @@
+"""The multiprocess loader on real photos: format, determinism, cleanup."""
+import os
+import shutil
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from deepcontext import demo_data, images, loader
+
+
+@pytest.fixture(scope='module')
+def photos():
+    return images.open_image_source(demo_data.test_photos())
+
+
+def check_batch(b, batch_size):
+    n = b.data.shape[0]
+    assert 0 < n < batch_size
+    assert b.data.shape[1:] == (3, 96, 96) and b.data.dtype == np.float32
+    assert b.pairs.shape == (len(b.labels), 2)
+    assert b.pairs.min() >= 0 and b.pairs.max() < n
+    assert set(np.unique(b.labels)) <= set(range(8))
+    rms = np.sqrt(np.mean(b.data.astype(np.float64) ** 2, axis=(1, 2, 3)))
+    np.testing.assert_allclose(rms, 50, rtol=1e-3)
+
+
+def first_batches(image_set, seeds, count, **kw):
+    out = []
+    with loader.BatchLoader(image_set, seeds, 64, queue_size=1,
+                            log=lambda m: None, **kw) as ld:
+        for _ in range(count):
+            b = ld.get(timeout=120)
+            out.append((b.data.copy(), b.pairs.copy(), b.labels.copy()))
+            ld.release(b)
+    return out
+
+
+def test_batches_are_well_formed_and_deterministic(photos):
+    a = first_batches(photos, [11, 12], 4)
+    b = first_batches(photos, [11, 12], 4)
+    for (da, pa, la), (db, pb, lb) in zip(a, b):
+        assert np.array_equal(da, db) and np.array_equal(pa, pb)
+        assert np.array_equal(la, lb)
+    # round robin: batches 0 and 1 come from different workers (seeds)
+    assert not np.array_equal(a[0][0][:4], a[1][0][:4])
+    with loader.BatchLoader(photos, [5], 64, queue_size=1,
+                            log=lambda m: None) as ld:
+        for _ in range(3):
+            b = ld.get(timeout=120)
+            check_batch(b, 64)
+            ld.release(b)
+
+
+def children_alive(ld):
+    return [p for p in ld.procs if p.is_alive()]
+
+
+def test_close_leaves_no_process_and_no_file(photos, tmp_path):
+    ld = loader.BatchLoader(photos, [1, 2], 64, queue_size=1,
+                            tmp_dir=str(tmp_path), log=lambda m: None)
+    ld.start()
+    ld.release(ld.get(timeout=120))
+    pids = [p.pid for p in ld.procs]
+    assert os.listdir(tmp_path)          # buffers live in tmp_dir
+    ld.close()
+    assert not children_alive(ld)
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert os.listdir(tmp_path) == []
+    ld.close()   # twice is fine
+
+
+def test_broken_images_are_reported_and_skipped(photos, tmp_path):
+    bad = tmp_path / 'truncated.jpg'
+    good = demo_data.test_photos()[0]
+    bad.write_bytes(open(good, 'rb').read()[:2000])
+    (tmp_path / 'empty.png').write_bytes(b'')
+    shutil.copy(good, tmp_path / 'good.png')
+    messages = []
+    image_set = images.open_image_source(str(tmp_path))
+    with loader.BatchLoader(image_set, [3], 64, queue_size=1,
+                            log=messages.append) as ld:
+        b = ld.get(timeout=120)
+        check_batch(b, 64)
+        ld.release(b)
+        ld.get(timeout=120)
+    text = '\n'.join(messages)
+    assert 'truncated.jpg' in text and 'empty.png' in text
+
+
+def test_no_usable_image_fails_fast(tmp_path):
+    (tmp_path / 'a.jpg').write_bytes(b'not an image')
+    (tmp_path / 'b.jpg').write_bytes(b'')
+    image_set = images.open_image_source(str(tmp_path))
+    t0 = time.time()
+    with loader.BatchLoader(image_set, [0], 64, log=lambda m: None) as ld:
+        with pytest.raises(loader.LoaderError, match='no usable image'):
+            ld.get(timeout=60)
+    assert time.time() - t0 < 30
+
+
+def test_dead_worker_is_detected_within_seconds(photos):
+    with loader.BatchLoader(photos, [4], 64, queue_size=1,
+                            log=lambda m: None) as ld:
+        ld.release(ld.get(timeout=120))
+        os.kill(ld.procs[0].pid, signal.SIGKILL)
+        t0 = time.time()
+        with pytest.raises(loader.LoaderError, match='died'):
+            for _ in range(10):   # buffered batches may come first
+                ld.release(ld.get(timeout=60))
+        assert time.time() - t0 < 15
