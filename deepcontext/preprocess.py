@@ -4,10 +4,11 @@ Resizing is part of those numbers.  The original resized through caffe.io,
 i.e. scikit-image of 2015: bilinear interpolation (order 1), pixel centres
 mapped as ``(i + 0.5) * scale - 0.5``, zeros outside the image, and no
 anti-aliasing.  scikit-image >= 0.15 blurs before downsampling unless told
-not to, which changes every downsampled patch; :func:`resize_bilinear`
-therefore passes ``anti_aliasing=False`` and ``mode='constant'`` explicitly.
-``tests/test_preprocess.py`` checks it against an independent numpy
-implementation of the 2015 algorithm.
+not to, which changes every downsampled patch.  :func:`resize_bilinear`
+implements the 2015 algorithm directly (separably, which is also much
+faster); ``tests/test_preprocess.py`` checks it against an independent
+implementation and against today's scikit-image with
+``anti_aliasing=False, mode='constant'``.
 
 Randomness comes from explicit generators (``random.Random`` for the
 scalar draws the original took from Python's ``random``, a numpy
@@ -35,22 +36,58 @@ _A = np.array([-1.0, 2.0, -1.0])
 PROJECTION = np.eye(3) - np.outer(_A, _A) / _A.dot(_A)
 
 
-def resize_bilinear(im, shape):
+def _taps(n_in, n_out):
+    """Source pixels and weights of 1-D bilinear resampling, 2015 style.
+
+    Output pixel i samples the input at x = (i + .5) * n_in / n_out - .5,
+    between pixels floor(x) and floor(x) + 1; a neighbour outside the image
+    is zero, so it gets weight 0 (its index is clipped to stay valid).
+    """
+    x = (np.arange(n_out) + .5) * (n_in / n_out) - .5
+    x0 = np.floor(x).astype(np.intp)
+    f = x - x0
+    x1 = x0 + 1
+    w0 = np.where((x0 >= 0) & (x0 < n_in), 1 - f, 0.0)
+    w1 = np.where((x1 >= 0) & (x1 < n_in), f, 0.0)
+    return (np.clip(x0, 0, n_in - 1), w0), (np.clip(x1, 0, n_in - 1), w1)
+
+
+def resize_bilinear(im, shape, offset=0.0, scale=None):
     """Resize as skimage.transform.resize did in 2015 (caffe.io.resize).
+
+    Bilinear interpolation (order 1), pixel centres mapped as
+    ``(i + .5) * scale - .5``, zeros outside the image, no anti-aliasing.
+    Bilinear interpolation is separable: this gathers the needed columns,
+    then rows, touching only the source pixels it reads (whole images shrink
+    10x faster than through scikit-image).  Values equal scikit-image's
+    ``resize(order=1, mode='constant', anti_aliasing=False)`` to float64
+    rounding; tests/test_preprocess.py checks both against the 2015
+    algorithm.
 
     Parameters
     ----------
-    im : (H, W) or (H, W, C) array.  uint8 input is scaled to [0, 1] first,
-        as scikit-image does.
+    im : (H, W) or (H, W, C) array
     shape : (height, width)
+    offset, scale : the image is resized as ``(im - offset) * scale``
+        (the zeros outside are zeros of that).  ``scale`` defaults to 1/255
+        for uint8 input (scikit-image's conversion to [0, 1]), else 1.
 
     Returns
     -------
     float64 array of shape (height, width[, C])
     """
-    from skimage.transform import resize
-    return resize(im, tuple(shape), order=1, mode='constant', cval=0,
-                  clip=True, preserve_range=False, anti_aliasing=False)
+    im = np.asarray(im)
+    if scale is None:
+        scale = 1 / 255.0 if im.dtype == np.uint8 else 1.0
+    flat = im.ndim == 2
+    src = im[:, :, None] if flat else im
+    (xa, wa), (xb, wb) = _taps(src.shape[1], int(shape[1]))
+    (ya, va), (yb, vb) = _taps(src.shape[0], int(shape[0]))
+    wa, wb = wa[None, :, None], wb[None, :, None]
+    cols = ((src[:, xa] - offset) * scale * wa +
+            (src[:, xb] - offset) * scale * wb)
+    out = cols[ya] * va[:, None, None] + cols[yb] * vb[:, None, None]
+    return out[:, :, 0] if flat else out
 
 
 def resize_image(im, shape):
@@ -66,13 +103,16 @@ def resize_image(im, shape):
     lo, hi = float(im.min()), float(im.max())
     if hi <= lo:
         return np.full(tuple(shape) + im.shape[2:], lo, dtype=np.float32)
-    std = (im - lo) / (hi - lo)
-    out = resize_bilinear(std, shape) * (hi - lo) + lo
-    return out.astype(np.float32)
+    out = resize_bilinear(im, shape, offset=lo, scale=1 / (hi - lo))
+    return (out * (hi - lo) + lo).astype(np.float32)
 
 
 def resize_to_pixels(im_uint8, target_pixels):
     """The original utils.get_resized_image: float in [0, 1], ~N pixels.
+
+    Equal, to float rounding, to ``resize_image(im_uint8 / 255., ...)``; the
+    division is folded into the resize so the full-size image is never
+    converted to float.
 
     Parameters
     ----------
@@ -83,8 +123,13 @@ def resize_to_pixels(im_uint8, target_pixels):
     -------
     float32 (h, w, 3) array, values in [0, 1]
     """
-    im = im_uint8.astype(np.float32) / 255
-    return resize_image(im, sampling.target_shape(im.shape, target_pixels))
+    shape = sampling.target_shape(im_uint8.shape, target_pixels)
+    lo, hi = int(im_uint8.min()), int(im_uint8.max())
+    if hi <= lo:
+        return np.full(shape + (im_uint8.shape[2],), lo / 255.0,
+                       dtype=np.float32)
+    out = resize_bilinear(im_uint8, shape, offset=lo, scale=1.0 / (hi - lo))
+    return (out * ((hi - lo) / 255.0) + lo / 255.0).astype(np.float32)
 
 
 def crop(im, corner, patch=sampling.PATCH_SIZE):

@@ -78,6 +78,10 @@ def test_resize_image_equals_caffe_io(photo):
 
 def test_resize_to_pixels(photo):
     out = P.resize_to_pixels(photo, 200000)
+    # the original: caffe.io.resize_image(im.astype(float32) / 255, shape)
+    import caffe.io
+    want = caffe.io.resize_image(photo.astype(np.float32) / 255, out.shape[:2])
+    np.testing.assert_allclose(out, want, atol=2e-6)
     assert out.dtype == np.float32
     assert abs(out.shape[0] * out.shape[1] - 200000) < sum(out.shape[:2])
     assert 0 <= out.min() and out.max() <= 1
@@ -149,3 +153,17 @@ def test_projection_removes_green_magenta_axis(photo):
     assert np.abs(along).max() < 1e-3
     assert np.sqrt(np.mean(out.astype(np.float64) ** 2)) == \
         pytest.approx(50, rel=1e-4)
+
+
+@pytest.mark.parametrize('shape', [(31, 47), (96, 96), (613, 811)])
+def test_resize_equals_scikit_image_without_antialiasing(photo, shape):
+    from skimage.transform import resize
+    im = photo[:300, :400]
+    want = resize(im, shape, order=1, mode='constant', cval=0,
+                  anti_aliasing=False)
+    np.testing.assert_allclose(P.resize_bilinear(im, shape), want,
+                               atol=1e-9)
+    gray = im[:, :, 1].astype(np.float32) / 255
+    np.testing.assert_allclose(P.resize_bilinear(gray, shape),
+                               resize(gray, shape, order=1, mode='constant',
+                                      anti_aliasing=False), atol=1e-6)
