@@ -80,8 +80,8 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--iters', type=int, default=60,
                    help='iterations to train in this run')
-    p.add_argument('--batch-size', type=int, default=128)
-    p.add_argument('--snapshot-every', type=int, default=20)
+    p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument('--snapshot-every', type=int, default=30)
     return p.parse_args()
 
 
