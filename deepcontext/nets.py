@@ -119,6 +119,38 @@ def gen_net(batch_size=512, use_bn=True):
     return proto
 
 
+def gen_caffenet_deploy(batch_size=10, num_classes=1000):
+    """CaffeNet's deploy definition with the groups removed.
+
+    What the original README asked users to bring as the target of
+    debatchnorm before fine-tuning: BVLC's CaffeNet (227x227 input, conv1
+    without padding, pool before LRN) with group 1 in conv2, conv4 and conv5,
+    so that our conv1-conv5 weights fit it exactly.  fc6 sees a 6x6 pool5
+    here (3x3 in the patch network), so its weights do not transfer as they
+    are; see tools/export_fast_rcnn.py for the conversion the paper used.
+    """
+    n = NetSpec()
+    n.data = L.Input(shape=dict(dim=[batch_size, 3, 227, 227]))
+    conv_relu(n, n.data, '1', 11, 96, stride=4)
+    n.pool1 = max_pool(n.relu1, 3, stride=2)
+    n.norm1 = lrn(n.pool1)
+    conv_relu(n, n.norm1, '2', 5, 256, pad=2)
+    n.pool2 = max_pool(n.relu2, 3, stride=2)
+    n.norm2 = lrn(n.pool2)
+    conv_relu(n, n.norm2, '3', 3, 384, pad=1)
+    conv_relu(n, n.relu3, '4', 3, 384, pad=1)
+    conv_relu(n, n.relu4, '5', 3, 256, pad=1)
+    n.pool5 = max_pool(n.relu5, 3, stride=2)
+    fc_relu(n, n.pool5, '6', 4096)
+    n.drop6 = L.Dropout(n.relu6, in_place=True, dropout_ratio=0.5)
+    fc_relu(n, n.drop6, '7', 4096)
+    n.drop7 = L.Dropout(n.relu7, in_place=True, dropout_ratio=0.5)
+    n.fc8 = L.InnerProduct(n.drop7, num_output=num_classes,
+                           weight_filler=XAVIER)
+    n.prob = L.Softmax(n.fc8)
+    return n.to_proto()
+
+
 def write_nets(outdir, batch_size=512):
     """Write network.prototxt and network_no_bn.prototxt; return paths."""
     os.makedirs(outdir, exist_ok=True)
@@ -132,12 +164,32 @@ def write_nets(outdir, batch_size=512):
     return paths
 
 
+def write_shipped(folder):
+    """Write the definitions shipped in prototxt/ (regenerate with --ship)."""
+    paths = []
+    for name, proto in (
+            ('patch_network.prototxt', gen_net()),
+            ('patch_network_no_bn.prototxt', gen_net(use_bn=False)),
+            ('caffenet_nogroups_deploy.prototxt', gen_caffenet_deploy())):
+        path = os.path.join(folder, name)
+        with open(path, 'w') as f:
+            f.write(str(proto))
+        paths.append(path)
+    return paths
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print('usage: python -m deepcontext.nets OUTDIR', file=sys.stderr)
+    if len(argv) == 2 and argv[0] == '--ship':
+        paths = write_shipped(argv[1])
+    elif len(argv) == 1:
+        paths = write_nets(argv[0])
+    else:
+        print('usage: python -m deepcontext.nets OUTDIR\n'
+              '       python -m deepcontext.nets --ship prototxt/',
+              file=sys.stderr)
         return 2
-    for path in write_nets(argv[0]):
+    for path in paths:
         print('wrote ' + path)
     return 0
 
