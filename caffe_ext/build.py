@@ -33,6 +33,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PATCH_DIR = os.path.join(HERE, 'patches')
+LAYER_DIR = os.path.join(HERE, 'layers')
 
 DEB_VERSION = '1.0.0+git20180821.99bd997-8'
 ORIG_NAME = 'caffe_1.0.0+git20180821.99bd997.orig.tar.gz'
@@ -192,7 +193,33 @@ def build_key(orig, deb, options, py):
         if not name.startswith('debian:'):
             with open(os.path.join(PATCH_DIR, name), 'rb') as f:
                 h.update(f.read())
+    for name in layer_files():
+        h.update(name.encode() + b'\0')
+        with open(os.path.join(LAYER_DIR, name), 'rb') as f:
+            h.update(f.read())
     return h.hexdigest()[:16]
+
+
+def layer_files():
+    return sorted(n for n in os.listdir(LAYER_DIR)
+                  if n.endswith(('.hpp', '.cpp', '.cu')))
+
+
+def add_layers(src):
+    """Copy our layers (and their tests) from caffe_ext/layers into Caffe.
+
+    Caffe's CMake globs its sources at configure time, so copied files are
+    compiled like Caffe's own.
+    """
+    for name in layer_files():
+        if name.endswith('.hpp'):
+            dest = os.path.join(src, 'include', 'caffe', 'layers')
+        elif name.startswith('test_'):
+            dest = os.path.join(src, 'src', 'caffe', 'test')
+        else:
+            dest = os.path.join(src, 'src', 'caffe', 'layers')
+        shutil.copy2(os.path.join(LAYER_DIR, name), dest)
+        log('added %s' % name)
 
 
 def extract(tar_path, dest):
@@ -253,6 +280,7 @@ def build(root, orig, deb, options, py, jobs, tests):
         log('extracting %s' % os.path.basename(orig))
         extract(orig, src)  # the orig tarball has no top-level folder
         apply_patches(src, deb)
+        add_layers(src)
         open(os.path.join(root, 'patched.stamp'), 'w').close()
     os.makedirs(bld, exist_ok=True)
     cmake = ['cmake', src, '-DCMAKE_INSTALL_PREFIX=' + inst,
@@ -262,6 +290,12 @@ def build(root, orig, deb, options, py, jobs, tests):
              '-DPYTHON_LIBRARY=' + py['library'],
              '-DNUMPY_INCLUDE_DIR=' + py['numpy_include'],
              '-DNUMPY_VERSION=' + py['numpy']] + options
+    if shutil.which('ccache'):   # same output, faster rebuilds
+        cmake += ['-DCMAKE_CXX_COMPILER_LAUNCHER=ccache',
+                  '-DCMAKE_C_COMPILER_LAUNCHER=ccache']
+        # paths relative to the build folder: builds with another key (a
+        # changed patch) reuse every object the change does not touch
+        os.environ.setdefault('CCACHE_BASEDIR', cache_root())
     t0 = time.time()
     with open(os.path.join(root, 'build.log'), 'a') as logf:
         log('configuring (cmake); full log in %s' % logf.name)
