@@ -42,7 +42,8 @@ def _parse_args():
 
 if 'trainer' not in globals():
     from deepcontext import config as dc_config
-    from deepcontext.trainer import Trainer, QUIT, DONE
+    from deepcontext.loader import LoaderError
+    from deepcontext.trainer import Trainer, QUIT, DONE, STOPPED
     _args = _parse_args()
     _over = {k: v for k, v in (('max_iter', _args.max_iter),
                                ('resume', _args.resume)) if v is not None}
@@ -53,11 +54,16 @@ if 'trainer' not in globals():
         sys.exit('deepcontext: %s' % _e)
     solver = trainer.solver
 
-_state = trainer.run()
-if _state in (QUIT, DONE):
+try:
+    _state = trainer.run()
+except LoaderError as _e:
+    # the loaders are closed already; say what happened, without a traceback
+    sys.exit('deepcontext: %s' % _e)
+if _state in (QUIT, DONE, STOPPED):
     # The original killed its own process on quit; a clean exit here, also
     # out of IPython, so the loaders and the tee are certainly gone.
+    # STOPPED: a snapshot could not be written (disk full): exit status 1.
     sys.stdout.flush()
     sys.stderr.flush()
     _sig = trainer.signal_received
-    os._exit(128 + _sig if _sig else 0)
+    os._exit(128 + _sig if _sig else 1 if _state == STOPPED else 0)

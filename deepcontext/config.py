@@ -22,10 +22,16 @@ KEYS = {
     'images': (None, (str, list, tuple),
                'Image source: an ImageNet root (with train.txt and train/), '
                'a folder searched recursively, a list file, or a list of '
-               'those.'),
+               "those; or, alone, a Caffe LMDB ('lmdb:/path', or a folder "
+               'holding data.mdb).'),
     'imagenet_dir': (None, (str,),
                      "The original's key: an ImageNet root.  Use this or "
                      "'images', not both."),
+    'jpeg_draft': (False, (bool,),
+                   'Decode JPEGs at 1/2, 1/4 or 1/8 scale when still >= 2x '
+                   'the resize target: faster, but the images are less sharp '
+                   "than the original's full decodes (README, 'Image sources "
+                   "and LMDB')."),
     'tmp_dir': (None, (str,),
                 "Folder (ideally a ramdisk such as /dev/shm) for the "
                 "loaders' batch buffers; None uses anonymous shared memory "
@@ -40,6 +46,13 @@ KEYS = {
     'loader_workers': (3, (int,),
                        'Loader processes; each reads all images in its own '
                        'order.'),
+    'loader_shard': (False, (bool,),
+                     'Workers split one shared order of the images (each '
+                     'image once per pass over all workers) instead of each '
+                     'walking all images in its own order (the original).'),
+    'loader_restarts': (3, (int,),
+                        'A loader worker that dies (killed, out of memory) '
+                        'is restarted this many times, then the run stops.'),
     'queue_size': (5, (int,),
                    'Batches each loader may have ready (original Queue(5)).'),
     'seed': (None, (int,),

@@ -13,7 +13,22 @@ loader worker processes on their own:
   ID, so the order must not depend on the file system.  Sources are an ImageNet
   root (``train.txt`` plus ``train/``, as the original ``load_imageset``), a
   folder searched recursively, a text file listing paths, or a Python list or
-  tuple of any of these.
+  tuple of any of these.  ``open_image_source`` also opens Caffe LMDBs
+  (``deepcontext/lmdb_source.py``).
+
+Every image source has the interface the loader uses: ``len(source)``,
+``source.describe()`` and ``source.load(index, target_pixels=None)``, which
+returns ``H x W x 3`` ``uint8`` RGB or raises ``ImageError``.
+
+JPEG draft mode (``draft=True``, off by default): libjpeg can decode a JPEG
+at 1/2, 1/4 or 1/8 scale inside its inverse DCT, which is faster than a full
+decode and leaves a smaller image to resize.  ``load`` then decodes at the
+smallest such scale that still leaves the image at least ``DRAFT_MARGIN``
+times the size it will be resized to, on both sides.  It is not the
+original's behaviour: the DCT scaling averages pixels, so the 2015 bilinear
+resize that follows, which has no anti-aliasing, aliases less and the images
+come out less sharp (measured by ``bench/jpeg_draft.py``; see README, "Image
+sources and LMDB").
 
 Limits and deliberate behaviour:
 
@@ -28,12 +43,15 @@ Limits and deliberate behaviour:
   uses processes, not threads.
 """
 
+import io
 import os
 import struct
 import warnings
 
 import numpy as np
 from PIL import Image
+
+from deepcontext import sampling
 
 # Extensions, lower case, that ``ImageSet.from_folder`` treats as images.
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff',
@@ -46,6 +64,18 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff',
 # (TypeError, NameError, ...) loud.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error,
                   IndexError)
+# Everything ``_decode`` raises for bad input, after the cases that get
+# their own message (missing file, unidentified image).
+_FAILURES = (Image.DecompressionBombError,
+             Image.DecompressionBombWarning) + _DECODE_ERRORS
+
+# Draft mode decodes a JPEG at a reduced DCT scale only if the result is
+# still at least this many times the resize target on both sides, so the
+# bilinear resize that follows still shrinks it (bench/jpeg_draft.py).
+DRAFT_MARGIN = 2
+
+# What an LMDB source is called in a spec string: 'lmdb:/path/to/db'.
+LMDB_PREFIX = 'lmdb:'
 
 
 class ImageError(Exception):
@@ -70,13 +100,18 @@ class ImageError(Exception):
         return 'cannot load image {}: {}'.format(self.path, self.reason)
 
 
-def load_rgb(path):
+def load_rgb(path, draft_pixels=None):
     """Decode an image file into an RGB array.
 
     Parameters
     ----------
     path : str or os.PathLike
         The image file.
+    draft_pixels : int or None
+        The number of pixels the image will be resized to.  If given and
+        the file is a JPEG, it is decoded at the smallest DCT scale (1, 1/2,
+        1/4 or 1/8) that keeps it at least ``DRAFT_MARGIN`` times that size
+        on both sides (see the module docstring).  None decodes at full size.
 
     Returns
     -------
@@ -94,32 +129,123 @@ def load_rgb(path):
     """
     path = os.fspath(path)
     try:
-        with warnings.catch_warnings():
-            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; for a
-            # training loader a 90-megapixel image is as unwanted as a bigger
-            # one, so the warning is turned into an error too.
-            warnings.simplefilter('error', Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                # Image.open only reads the header; load() decodes, so that a
-                # truncated file fails here and not later in the caller.  The
-                # global ImageFile.LOAD_TRUNCATED_IMAGES is left False so a
-                # half-decoded image is never passed on as valid data.
-                img.load()
-                # No ImageOps.exif_transpose: see the module docstring.
-                return _to_rgb_array(img)
+        return _decode(path, draft_pixels)
     except FileNotFoundError:
         raise ImageError(path, 'no such file') from None
     except Image.UnidentifiedImageError:
         reason = ('empty file' if os.path.isfile(path)
                   and os.path.getsize(path) == 0 else 'not a recognised image')
         raise ImageError(path, reason) from None
-    except (Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as err:
-        raise ImageError(path, 'too many pixels (decompression bomb '
-                         'guard): {}'.format(err)) from None
-    except _DECODE_ERRORS as err:
-        raise ImageError(path, '{}: {}'.format(type(err).__name__,
-                                               err)) from None
+    except _FAILURES as err:
+        raise ImageError(path, _reason(err)) from None
+
+
+def decode_rgb(data, name, draft_pixels=None):
+    """Decode an encoded image held in memory (e.g. a JPEG from an LMDB).
+
+    Parameters
+    ----------
+    data : bytes
+        The image file's bytes.
+    name : str
+        What to call the image in an ``ImageError`` (where it came from).
+    draft_pixels : int or None
+        As for ``load_rgb``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint8`` array of shape ``(H, W, 3)``, exactly what ``load_rgb``
+        returns for a file holding ``data``.
+
+    Raises
+    ------
+    ImageError
+        With ``path`` set to ``name``, for the failures of ``load_rgb``.
+    """
+    try:
+        return _decode(io.BytesIO(data), draft_pixels)
+    except Image.UnidentifiedImageError:
+        reason = 'empty data' if not data else 'not a recognised image'
+        raise ImageError(name, reason) from None
+    except _FAILURES as err:
+        raise ImageError(name, _reason(err)) from None
+
+
+def image_header(data, name):
+    """Format and size of an encoded image, read from its header only.
+
+    Much cheaper than decoding: the LMDB packer uses it to reject files that
+    are not images without decoding every one.
+
+    Parameters
+    ----------
+    data : bytes
+        The image file's bytes.
+    name : str
+        What to call the image in an ``ImageError``.
+
+    Returns
+    -------
+    (str, int, int)
+        Pillow's format name (e.g. ``'JPEG'``), width and height.
+
+    Raises
+    ------
+    ImageError
+        If Pillow does not recognise the data as an image.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.format, img.size[0], img.size[1]
+    except Image.UnidentifiedImageError:
+        reason = 'empty data' if not data else 'not a recognised image'
+        raise ImageError(name, reason) from None
+    except _FAILURES as err:
+        raise ImageError(name, _reason(err)) from None
+
+
+def _reason(err):
+    """The words of an ImageError for an exception from ``_decode``."""
+    if isinstance(err, (Image.DecompressionBombError,
+                        Image.DecompressionBombWarning)):
+        return 'too many pixels (decompression bomb guard): {}'.format(err)
+    return '{}: {}'.format(type(err).__name__, err)
+
+
+def _decode(source, draft_pixels):
+    """Open, optionally draft, and fully decode ``source`` (path or file)."""
+    with warnings.catch_warnings():
+        # Pillow only warns between MAX_IMAGE_PIXELS and twice that; for a
+        # training loader a 90-megapixel image is as unwanted as a bigger
+        # one, so the warning is turned into an error too.
+        warnings.simplefilter('error', Image.DecompressionBombWarning)
+        with Image.open(source) as img:
+            if draft_pixels is not None:
+                _draft(img, draft_pixels)
+            # Image.open only reads the header; load() decodes, so that a
+            # truncated file fails here and not later in the caller.  The
+            # global ImageFile.LOAD_TRUNCATED_IMAGES is left False so a
+            # half-decoded image is never passed on as valid data.
+            img.load()
+            # No ImageOps.exif_transpose: see the module docstring.
+            return _to_rgb_array(img)
+
+
+def _draft(img, target_pixels):
+    """Ask Pillow to decode a JPEG at a reduced scale (see ``load_rgb``).
+
+    Pillow picks the largest scale 1/s (s in 8, 4, 2, 1) whose result is at
+    least the requested size, so requesting ``DRAFT_MARGIN`` times the
+    resize target keeps that margin.  The mode is left alone (``None``), so
+    grey and CMYK JPEGs convert exactly as in a full decode.
+    """
+    if img.format != 'JPEG':
+        return
+    width, height = img.size
+    out_h, out_w = sampling.target_shape((height, width), target_pixels)
+    if out_h >= 1 and out_w >= 1:
+        img.draft(None, (DRAFT_MARGIN * out_w, DRAFT_MARGIN * out_h))
 
 
 def _to_rgb_array(img):
@@ -208,18 +334,45 @@ class ImageSet:
         Kind of source, for ``describe()`` (e.g. ``'folder'``).
     source : str
         The source itself, for ``describe()`` (e.g. the folder).
+    draft : bool
+        Decode JPEGs in draft mode in ``load`` (see the module docstring).
     """
 
-    def __init__(self, paths, kind, source):
+    def __init__(self, paths, kind, source, draft=False):
         self.paths = list(paths)
         self.kind = kind
         self.source = source
+        self.draft = draft
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, index):
         return self.paths[index]
+
+    def load(self, index, target_pixels=None):
+        """Decode image ``index``.
+
+        Parameters
+        ----------
+        index : int
+            Position in ``paths``, the image's ID.
+        target_pixels : int or None
+            The number of pixels the caller will resize the image to; used
+            only in draft mode.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(H, W, 3)`` uint8 RGB, as ``load_rgb``.
+
+        Raises
+        ------
+        ImageError
+            Naming the file, if it cannot be decoded.
+        """
+        return load_rgb(self.paths[index],
+                        target_pixels if self.draft else None)
 
     def __repr__(self):
         return '<ImageSet {}>'.format(self.describe())
@@ -392,6 +545,11 @@ class ImageSet:
             return spec
         if isinstance(spec, (list, tuple)):
             return cls._union(spec)
+        if lmdb_path(spec) is not None:
+            # An LMDB's record index is its image ID; a union would need a
+            # second numbering, so an LMDB is only accepted on its own.
+            raise ValueError('{} is an LMDB: name it alone as the image '
+                             'source, not in a list'.format(spec))
         path = _existing_abspath(spec)
         if os.path.isdir(path):
             if os.path.isfile(os.path.join(path, 'train.txt')):
@@ -430,20 +588,60 @@ class ImageSet:
         return cls(paths, kind, source)
 
 
-def open_image_source(spec):
-    """Build an ImageSet from a path, a list of paths or an ImageSet.
-
-    Same as ``ImageSet.open``; see there for what ``spec`` may be.
+def open_image_source(spec, draft=False):
+    """Open the image source ``spec`` names.
 
     Parameters
     ----------
-    spec : str, os.PathLike, ImageSet, list or tuple
+    spec : str, os.PathLike, list, tuple or an image source
+        * ``'lmdb:/path'``, or a folder holding ``data.mdb``: a Caffe LMDB
+          (``lmdb_source.LmdbImageSet``), alone, not in a list;
+        * anything else ``ImageSet.open`` accepts: image files;
+        * an already opened source (anything with ``load``): returned
+          unchanged, ``draft`` ignored.
+    draft : bool
+        Decode JPEGs in draft mode (see the module docstring).
 
     Returns
     -------
-    ImageSet
+    ImageSet or lmdb_source.LmdbImageSet
+        Either has ``len``, ``describe()`` and ``load(index,
+        target_pixels=None)``.
     """
-    return ImageSet.open(spec)
+    if not isinstance(spec, (str, os.PathLike, list, tuple)):
+        if hasattr(spec, 'load') and hasattr(spec, 'describe'):
+            return spec
+        raise TypeError('not an image source: {!r}'.format(spec))
+    db = lmdb_path(spec)
+    if db is not None:
+        # Imported here: lmdb_source needs pycaffe (caffe_pb2) and lmdb,
+        # which sources of plain files do not.
+        from deepcontext import lmdb_source
+        return lmdb_source.LmdbImageSet(db, draft=draft)
+    image_set = ImageSet.open(spec)
+    image_set.draft = draft
+    return image_set
+
+
+def lmdb_path(spec):
+    """The LMDB folder ``spec`` names, or None if it names none.
+
+    Parameters
+    ----------
+    spec : anything ``open_image_source`` accepts
+        ``'lmdb:/path'`` names ``/path``; a folder that holds ``data.mdb``
+        names itself.
+
+    Returns
+    -------
+    str or None
+    """
+    if isinstance(spec, str) and spec.startswith(LMDB_PREFIX):
+        return spec[len(LMDB_PREFIX):]
+    if isinstance(spec, (str, os.PathLike)) and os.path.isfile(
+            os.path.join(os.fspath(spec), 'data.mdb')):
+        return os.fspath(spec)
+    return None
 
 
 def _existing_abspath(path):

@@ -54,6 +54,19 @@ def _die_with_parent():
         pass
 
 
+def _item_name(image_set, idx):
+    """A file path, or an LMDB key and database, for messages."""
+    if hasattr(image_set, 'name'):
+        return image_set.name(idx)
+    return image_set[idx]
+
+
+def shard_order(n_images, seed, worker, n_workers):
+    """Worker's slice of one shared permutation (loader_shard)."""
+    return np.random.RandomState(seed).permutation(n_images)[
+        worker::n_workers]
+
+
 class ImageStream:
     """Endless stream of usable resized images in a seeded order.
 
@@ -63,10 +76,13 @@ class ImageStream:
     nothing usable, LoaderError.
     """
 
-    def __init__(self, image_set, rng, nprng, report=print):
+    def __init__(self, image_set, rng, nprng, report=print, order=None):
         self.image_set = image_set
         self.rng = rng
-        self.order = nprng.permutation(len(image_set))
+        # The original: every worker walks all images in its own order.
+        # A shard (loader_shard) is a given slice of one shared order.
+        self.order = nprng.permutation(len(image_set)) if order is None \
+            else np.asarray(order)
         self.cursor = 0
         self.report = report
         self.min_side = sampling.min_image_side()
@@ -84,7 +100,7 @@ class ImageStream:
             self.cursor += 1
             target = self.rng.randint(*preprocess.TARGET_PIXELS)
             try:
-                im = dc_images.load_rgb(self.image_set[idx])
+                im = self.image_set.load(idx, target)
             except dc_images.ImageError as e:
                 self.report('skipping image %d: %s' % (idx, e))
                 misses += 1
@@ -92,6 +108,11 @@ class ImageStream:
             im = preprocess.resize_to_pixels(im, target)
             if im.shape[0] > self.min_side and im.shape[1] > self.min_side:
                 return idx, im
+            self.report('skipping image %d (%s): %dx%d after resizing to '
+                        '%d pixels, too small for a 2x2 grid (needs > %d a '
+                        'side)' % (idx, _item_name(self.image_set, idx),
+                                   im.shape[1], im.shape[0], target,
+                                   self.min_side))
             misses += 1
 
 
@@ -129,7 +150,7 @@ def fill_batches(stream, buffers, free, emit, rng, nprng, batch_size,
 
 
 def _worker_main(wid, seed, image_set, buffers, free_q, ready_q, batch_size,
-                 projection, parent_pid):
+                 projection, parent_pid, order=None):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     _die_with_parent()
@@ -151,7 +172,7 @@ def _worker_main(wid, seed, image_set, buffers, free_q, ready_q, batch_size,
         ready_q.put(('batch', slot, n, pairs, labels))
 
     try:
-        stream = ImageStream(image_set, rng, nprng, report)
+        stream = ImageStream(image_set, rng, nprng, report, order)
         fill_batches(stream, buffers, free, emit, rng, nprng, batch_size,
                      projection)
     except BaseException as e:  # report every failure to the main process
@@ -167,17 +188,22 @@ class BatchLoader:
 
     Parameters
     ----------
-    image_set : images.ImageSet
+    image_set : images.ImageSet (or an LMDB source)
     seeds : list of int, one per worker
     batch_size : int, a batch holds fewer patches than this
     queue_size : int, batches a worker may have ready
     projection : bool, see preprocess.prep_patch
     tmp_dir : str or None, see module docstring
     log : callable(str) for the workers' messages
+    shard : bool, workers split one shared order of the images instead of
+        each walking all of them (the original)
+    max_restarts : int, a worker that dies (killed, out of memory) is
+        restarted this many times, then the loader raises LoaderError
     """
 
     def __init__(self, image_set, seeds, batch_size=sampling.BATCH_SIZE,
-                 queue_size=5, projection=False, tmp_dir=None, log=print):
+                 queue_size=5, projection=False, tmp_dir=None, log=print,
+                 shard=False, max_restarts=3):
         self.image_set = image_set
         self.seeds = list(seeds)
         self.batch_size = batch_size
@@ -185,11 +211,16 @@ class BatchLoader:
         self.projection = projection
         self.tmp_dir = tmp_dir
         self.log = log
+        self.shard = shard and len(image_set) >= len(self.seeds)
+        self.max_restarts = max_restarts
+        self.restarts = [0] * len(self.seeds)
         self.procs, self.ready, self.free, self.buffers = [], [], [], []
+        self._held = {}     # worker -> slot the consumer holds
         self._maps = []
         self._tmp = None
         self._next = 0
         self._closed = False
+        self._ctx = mp.get_context('fork')
 
     def _alloc(self, nbytes):
         if self.tmp_dir is None:
@@ -203,31 +234,54 @@ class BatchLoader:
         return np.frombuffer(m, dtype=np.float32).reshape(
             (self.batch_size,) + PATCH_SHAPE)
 
+    def _spawn(self, wid):
+        """(Re)start worker wid with fresh queues over its buffers."""
+        free_q, ready_q = self._ctx.Queue(), self._ctx.Queue()
+        for slot in range(len(self.buffers[wid])):
+            if self._held.get(wid) != slot:
+                free_q.put(slot)
+        order = None
+        if self.shard:
+            order = shard_order(len(self.image_set), self.seeds[0], wid,
+                                len(self.seeds))
+        p = self._ctx.Process(target=_worker_main,
+                              name='deepcontext-loader-%d' % wid, daemon=True,
+                              args=(wid, self.seeds[wid], self.image_set,
+                                    self.buffers[wid], free_q, ready_q,
+                                    self.batch_size, self.projection,
+                                    os.getpid(), order))
+        p.start()
+        self.procs[wid], self.free[wid], self.ready[wid] = p, free_q, ready_q
+
     def start(self):
-        ctx = mp.get_context('fork')
         if self.tmp_dir is not None:
             os.makedirs(self.tmp_dir, exist_ok=True)
             self._tmp = tempfile.mkdtemp(prefix='deepcontext-',
                                          dir=self.tmp_dir)
         nslots = self.queue_size + 2   # ready + one filling + one in use
-        for wid, seed in enumerate(self.seeds):
-            bufs = [self._alloc(self.batch_size * PATCH_BYTES)
-                    for _ in range(nslots)]
-            free_q, ready_q = ctx.Queue(), ctx.Queue()
-            for s in range(nslots):
-                free_q.put(s)
-            p = ctx.Process(target=_worker_main, name='deepcontext-loader-%d'
-                            % wid, daemon=True,
-                            args=(wid, seed, self.image_set, bufs, free_q,
-                                  ready_q, self.batch_size, self.projection,
-                                  os.getpid()))
-            p.start()
-            self.procs.append(p)
-            self.buffers.append(bufs)
-            self.free.append(free_q)
-            self.ready.append(ready_q)
+        n = len(self.seeds)
+        self.procs, self.free, self.ready = [None] * n, [None] * n, [None] * n
+        self.buffers = [[self._alloc(self.batch_size * PATCH_BYTES)
+                         for _ in range(nslots)] for _ in range(n)]
+        for wid in range(n):
+            self._spawn(wid)
         atexit.register(self.close)
         return self
+
+    def _restart_or_fail(self, wid):
+        p = self.procs[wid]
+        what = 'loader worker %d (pid %d) died with exit code %s' % (
+            wid, p.pid, p.exitcode)
+        if self.restarts[wid] >= self.max_restarts:
+            raise LoaderError('%s; it was restarted %d times already, '
+                              'stopping' % (what, self.restarts[wid]))
+        self.restarts[wid] += 1
+        for q in (self.free[wid], self.ready[wid]):
+            q.cancel_join_thread()
+            q.close()
+        self._spawn(wid)
+        self.log('%s; restarted it (restart %d of %d), it begins its image '
+                 'order again' % (what, self.restarts[wid], self.max_restarts))
 
     def get(self, timeout=600.0):
         """Next batch, round robin over the workers.
@@ -243,11 +297,10 @@ class BatchLoader:
             try:
                 msg = self.ready[wid].get(timeout=1.0)
             except queue.Empty:
-                p = self.procs[wid]
-                if not p.is_alive():
-                    raise LoaderError('loader worker %d (pid %d) died with '
-                                      'exit code %s' % (wid, p.pid,
-                                                        p.exitcode))
+                if not self.procs[wid].is_alive():
+                    self._restart_or_fail(wid)
+                    deadline = time.time() + timeout
+                    continue
                 if time.time() > deadline:
                     raise LoaderError('loader worker %d sent nothing for '
                                       '%.0f s' % (wid, timeout))
@@ -258,11 +311,14 @@ class BatchLoader:
                 raise LoaderError(msg[1])
             else:
                 _, slot, n, pairs, labels = msg
+                self._held[wid] = slot
                 return Batch(self.buffers[wid][slot][:n], pairs, labels, wid,
                              slot, self.ready[wid].qsize())
 
     def release(self, batch):
         """Give a batch's buffer back to its worker."""
+        if self._held.get(batch.worker) == batch.slot:
+            del self._held[batch.worker]
         self.free[batch.worker].put(batch.slot)
 
     def close(self):
@@ -270,17 +326,19 @@ class BatchLoader:
         if self._closed:
             return
         self._closed = True
-        for p in self.procs:
+        procs = [p for p in self.procs if p is not None]
+        for p in procs:
             if p.is_alive():
                 p.terminate()
-        for p in self.procs:
+        for p in procs:
             p.join(timeout=5)
             if p.is_alive():
                 p.kill()
                 p.join(timeout=5)
         for q in self.free + self.ready:
-            q.cancel_join_thread()
-            q.close()
+            if q is not None:
+                q.cancel_join_thread()
+                q.close()
         self.buffers = []
         for m in self._maps:
             try:

@@ -16,10 +16,8 @@ Differences from the original, all deliberate:
 * Loader seeds are integers from the config or CRC-32 of the output
   folder, not Python 2's ``hash()``.
 """
-import glob
 import json
 import os
-import re
 import sys
 import time
 import zlib
@@ -33,21 +31,16 @@ from deepcontext import control as dc_control
 from deepcontext import images as dc_images
 from deepcontext import loader as dc_loader
 from deepcontext import nets, netio, runlog
+from deepcontext import snapshots as dc_snapshots
 from deepcontext import solver as dc_solver
 
 PAUSED, QUIT, DIVERGED, DONE = 'paused', 'quit', 'diverged', 'max_iter'
+STOPPED = 'stopped'   # a snapshot could not be written (disk full)
 
 
 def snapshot_pairs(outdir):
-    """Iterations with both model_iter_N.caffemodel and .solverstate, sorted.
-    """
-    iters = []
-    for path in glob.glob(os.path.join(outdir, 'model_iter_*.solverstate')):
-        m = re.match(r'model_iter_(\d+)\.solverstate$', os.path.basename(path))
-        if m and os.path.isfile(os.path.join(
-                outdir, 'model_iter_%s.caffemodel' % m.group(1))):
-            iters.append(int(m.group(1)))
-    return sorted(iters)
+    """Iterations with a complete snapshot pair (see snapshots.py), sorted."""
+    return dc_snapshots.complete(outdir)
 
 
 def check_divergence(update_norms, step, fc8_sum, pool1_diff):
@@ -150,6 +143,7 @@ class Trainer:
         self.state = None
         self.stats = None
         self.closed = False
+        self.ignored = []
         self._setup()
 
     # ---- set-up ---------------------------------------------------------
@@ -159,8 +153,8 @@ class Trainer:
             raise dc_config.ConfigError('out_dir %s does not exist' % parent)
         if not os.access(parent, os.W_OK):
             raise dc_config.ConfigError('out_dir %s is not writable' % parent)
-        done = snapshot_pairs(self.outdir) if os.path.isdir(self.outdir) \
-            else []
+        self.ignored = dc_snapshots.incomplete(self.outdir)
+        done = snapshot_pairs(self.outdir)
         if not done:
             return None
         last = done[-1]
@@ -185,20 +179,30 @@ class Trainer:
             raise dc_config.ConfigError(
                 'gpu=%d requested, but this pycaffe is a CPU-only build'
                 % cfg.gpu)
-        image_set = dc_images.open_image_source(dc_config.image_source(cfg))
+        try:
+            image_set = dc_images.open_image_source(
+                dc_config.image_source(cfg), draft=cfg.jpeg_draft)
+        except (OSError, ValueError) as e:
+            raise dc_config.ConfigError('image source %r: %s'
+                                        % (dc_config.image_source(cfg), e))
         resume_from = self._check_outdir()
         os.makedirs(self.outdir, exist_ok=True)
         self.control.clear()
         # Loaders first: they fork before the tee and the solver exist.
         self.loader = dc_loader.BatchLoader(
             image_set, loader_seeds(cfg, self.outdir), cfg.batch_size,
-            cfg.queue_size, cfg.projection, cfg.tmp_dir, log=runlog.log)
+            cfg.queue_size, cfg.projection, cfg.tmp_dir, log=runlog.log,
+            shard=cfg.loader_shard, max_restarts=cfg.loader_restarts)
         self.loader.start()
         self.tee = runlog.Tee(os.path.join(self.outdir, 'out.log')).start()
         try:
             runlog.log('deepcontext run %s: %d images from %s'
                        % (self.outdir, len(image_set), image_set.describe()))
             runlog.log(cfg.describe().replace('\n', '\n    '))
+            for it in self.ignored:
+                runlog.log('ignoring incomplete snapshot model_iter_%d (no '
+                           'valid completion marker): never loaded' % it,
+                           level='W')
             with open(os.path.join(self.outdir, 'config.json'), 'w') as f:
                 f.write(cfg.to_json())
             nets.write_nets(self.outdir, cfg.batch_size)
@@ -235,7 +239,15 @@ class Trainer:
         return self.solver.iter
 
     def step(self):
-        """One training step; returns the norm_loss."""
+        """One training step; returns the norm_loss.
+
+        Caffe snapshots inside the step that reaches a multiple of
+        snapshot_every; the free space is checked before that step and the
+        pair is marked complete after it (snapshots.py).
+        """
+        if (self.solver.iter + 1) % self.cfg.snapshot_every == 0:
+            dc_snapshots.ensure_space(self.outdir, self.solver.net,
+                                      self.solver.iter + 1)
         t0 = time.time()
         batch = self.loader.get()
         netio.set_inputs(self.solver.net, batch.data, batch.pairs,
@@ -251,6 +263,9 @@ class Trainer:
                    % (it, norm_loss, npairs, batch.data.shape[0],
                       batch.queued, t_data, time.time() - t0))
         self.steps += 1
+        if self.solver.iter % self.cfg.snapshot_every == 0:
+            dc_snapshots.mark_complete(self.outdir, self.solver.iter)
+            runlog.log('snapshot model_iter_%d complete' % self.solver.iter)
         return norm_loss
 
     def _statistics(self):
@@ -290,7 +305,12 @@ class Trainer:
                                        'continue.', level='E')
                         self.state = DIVERGED
                         break
-                self.step()
+                try:
+                    self.step()
+                except dc_snapshots.SnapshotError as e:
+                    runlog.log(str(e), level='E')
+                    self.state = STOPPED
+                    break
                 taken += 1
                 request = self.control.poll()
                 if request == dc_control.QUIT:
@@ -310,7 +330,7 @@ class Trainer:
             raise
         self.control.uninstall()
         self.tee.stop()
-        if self.state in (QUIT, DONE):
+        if self.state in (QUIT, DONE, STOPPED):
             self.close()
         return self.state
 

@@ -104,7 +104,7 @@ def test_no_usable_image_fails_fast(tmp_path):
 
 def test_dead_worker_is_detected_within_seconds(photos):
     with loader.BatchLoader(photos, [4], 64, queue_size=1,
-                            log=lambda m: None) as ld:
+                            log=lambda m: None, max_restarts=0) as ld:
         ld.release(ld.get(timeout=120))
         os.kill(ld.procs[0].pid, signal.SIGKILL)
         t0 = time.time()
@@ -112,3 +112,32 @@ def test_dead_worker_is_detected_within_seconds(photos):
             for _ in range(10):   # buffered batches may come first
                 ld.release(ld.get(timeout=60))
         assert time.time() - t0 < 15
+
+
+def test_dead_worker_is_restarted_then_gives_up(photos):
+    messages = []
+    with loader.BatchLoader(photos, [4, 5], 64, queue_size=1,
+                            log=messages.append, max_restarts=1) as ld:
+        ld.release(ld.get(timeout=120))
+        first = ld.procs[1].pid
+        os.kill(first, signal.SIGKILL)
+        t0 = time.time()
+        for _ in range(6):            # training goes on
+            b = ld.get(timeout=120)
+            check_batch(b, 64)
+            ld.release(b)
+        assert ld.procs[1].pid != first and ld.procs[1].is_alive()
+        assert any('loader worker 1 (pid %d) died' % first in m and
+                   'restarted' in m for m in messages), messages
+        os.kill(ld.procs[1].pid, signal.SIGKILL)
+        with pytest.raises(loader.LoaderError, match='restarted 1 times'):
+            for _ in range(10):
+                ld.release(ld.get(timeout=60))
+        assert time.time() - t0 < 120
+
+
+def test_shards_split_one_order():
+    parts = [loader.shard_order(103, 9, w, 3) for w in range(3)]
+    joined = np.concatenate(parts)
+    assert sorted(joined) == list(range(103))
+    assert all(abs(len(p) - 103 / 3) < 1 for p in parts)

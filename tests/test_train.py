@@ -18,6 +18,7 @@ import pytest
 import caffe
 
 from deepcontext import config as dc_config
+from deepcontext import snapshots as dc_snapshots
 from deepcontext import trainer as dc_trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,6 +116,7 @@ def test_resume_refused_without_a_terminal(tmp_path):
     out.mkdir(parents=True)
     (out / 'model_iter_4.caffemodel').write_bytes(b'x')
     (out / 'model_iter_4.solverstate').write_bytes(b'x')
+    dc_snapshots.mark_complete(str(out), 4)
     r = run_train(tmp_path, cfg, '--max-iter', '5')
     assert r.returncode != 0
     assert 'snapshots up to iteration 4' in r.stderr
