@@ -10,7 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: all setup sysdeps venv caffe test demo bench clean
+.PHONY: all setup sysdeps venv caffe cuda gpu-bundle test demo bench clean
 
 all: setup
 
@@ -30,6 +30,14 @@ caffe: venv
 
 setup: caffe
 
+# The CUDA 13 + cuDNN 9 variant (sm_90), compiled here (nvcc, no GPU needed),
+# and the relocatable tarball that runs it on a GPU machine (dist/).
+cuda: venv
+	@$(PY) caffe_ext/build.py --cuda
+
+gpu-bundle: cuda
+	$(PY) caffe_ext/bundle.py
+
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS) tests
 
@@ -41,4 +49,4 @@ bench: setup
 	$(PY) bench/cpu_step_time.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache dist

@@ -76,7 +76,8 @@ def main():
     log_path = os.path.join(outdir, 'out.log')
     env = dict(os.environ, GLOG_minloglevel='1')
     injected, lost, problems = [], 0, []
-    end = time.time() + 60 * args.minutes
+    start = time.time()
+    end = start + 60 * args.minutes
     while time.time() < end:
         before = snapshots.complete(outdir)
         proc = subprocess.Popen([sys.executable, os.path.join(ROOT,
@@ -125,8 +126,8 @@ def main():
             problems.append('processes left after %s: %s'
                             % (fault, run_processes(cfg)))
         print(injected[-1], flush=True)
-    print('\n%d faults injected in %.1f minutes' % (len(injected),
-                                                     args.minutes))
+    print('\n%d faults injected in %.1f minutes' % (
+        len(injected), (time.time() - start) / 60))
     print('iterations redone after the last complete snapshot: %d (allowed)'
           % lost)
     print('lost beyond the last snapshot: %s'

@@ -59,6 +59,25 @@ CPU_OPTIONS = [
     '-DBLAS=Open',
     '-DBUILD_docs=OFF',
 ]
+# The CUDA variant (build.py --cuda): CUDA 13 + cuDNN 9 for Hopper (sm_90,
+# plus PTX for later GPUs), HDF5 off for a lean runtime.  nvcc and cudart come
+# from the machine (/usr/local/cuda); cuBLAS, cuRAND and cuDNN headers and
+# libraries from NVIDIA's PyPI wheels, pinned to CUDA 13.0-era releases so
+# the result runs with the CUDA 13.0 runtime libraries of the GPU machines.
+CUDA_OPTIONS = [o for o in CPU_OPTIONS
+                if not o.startswith(('-DCPU_ONLY', '-DUSE_HDF5'))] + [
+    '-DCPU_ONLY=OFF',
+    '-DUSE_CUDNN=ON',
+    '-DUSE_NCCL=OFF',
+    '-DUSE_HDF5=OFF',
+    '-DCUDA_ARCH_NAME=Manual',
+    '-DCUDA_ARCH_BIN=90',
+    '-DCUDA_ARCH_PTX=90',
+]
+CUDA_WHEELS = ['nvidia-cublas==13.0.2.14', 'nvidia-curand==10.4.0.35',
+               'nvidia-cudnn-cu13==9.13.0.50']
+CUDA_HOME = os.environ.get('CUDA_HOME', '/usr/local/cuda')
+
 # Caffe tools copied next to the venv's python (used by benches and tests).
 TOOLS = ['caffe', 'convert_imageset', 'compute_image_mean']
 
@@ -85,14 +104,16 @@ def cache_root():
                                              '~/.cache/deepcontext'))
 
 
-def read_series():
-    """Return the patch names of ``patches/series`` in order."""
+def read_series(cuda=False):
+    """Return the patch names of ``patches/series`` (and, for the CUDA
+    variant, ``patches/series-cuda``) in order."""
     names = []
-    with open(os.path.join(PATCH_DIR, 'series')) as f:
-        for line in f:
-            line = line.strip()
-            if line and not line.startswith('#'):
-                names.append(line)
+    for series in ('series', 'series-cuda') if cuda else ('series',):
+        with open(os.path.join(PATCH_DIR, series)) as f:
+            for line in f:
+                line = line.strip()
+                if line and not line.startswith('#'):
+                    names.append(line)
     return names
 
 
@@ -169,6 +190,76 @@ def fetch_sources(tarball, debian_tarball):
     return orig, deb
 
 
+def nvcc_version():
+    nvcc = os.path.join(CUDA_HOME, 'bin', 'nvcc')
+    if not os.path.exists(nvcc):
+        nvcc = shutil.which('nvcc')
+    if nvcc is None:
+        die('nvcc not found (CUDA_HOME=%s): the CUDA variant needs the CUDA '
+            '13 compiler' % CUDA_HOME)
+    out = subprocess.run([nvcc, '--version'], stdout=subprocess.PIPE,
+                         text=True, check=True).stdout
+    return re.search(r'release ([\d.]+)', out).group(1)
+
+
+def fetch_cuda_libs():
+    """cuBLAS, cuRAND and cuDNN from their pinned PyPI wheels.
+
+    Returns (include folders, library folder); the library folder gets the
+    unversioned .so links a linker looks for.
+    """
+    import zipfile
+    h = hashlib.sha256(' '.join(CUDA_WHEELS).encode()).hexdigest()[:12]
+    root = os.path.join(cache_root(), 'cuda-libs-' + h)
+    lib = os.path.join(root, 'lib')
+    incs = [os.path.join(root, 'include')]
+    if not os.path.exists(os.path.join(root, 'done.stamp')):
+        wheels = os.path.join(cache_root(), 'downloads', 'cuda-wheels')
+        os.makedirs(wheels, exist_ok=True)
+        log('downloading %s' % ', '.join(CUDA_WHEELS))
+        subprocess.run([sys.executable, '-m', 'pip', 'download', '-q',
+                        '--no-deps', '--only-binary=:all:', '-d', wheels] +
+                       CUDA_WHEELS, check=True)
+        shutil.rmtree(root, ignore_errors=True)
+        os.makedirs(lib)
+        os.makedirs(incs[0])
+        for name in sorted(os.listdir(wheels)):
+            if not any(name.startswith(w.split('==')[0].replace('-', '_') +
+                                       '-' + w.split('==')[1])
+                       for w in CUDA_WHEELS):
+                continue
+            with zipfile.ZipFile(os.path.join(wheels, name)) as z:
+                for member in z.namelist():
+                    parts = member.split('/')
+                    if len(parts) >= 2 and parts[-2] in ('include', 'lib') \
+                            and parts[-1]:
+                        dest = incs[0] if parts[-2] == 'include' else lib
+                        with z.open(member) as fsrc, open(
+                                os.path.join(dest, parts[-1]), 'wb') as fd:
+                            shutil.copyfileobj(fsrc, fd)
+        for name in os.listdir(lib):
+            m = re.match(r'(lib\w+\.so)\.\d+$', name)
+            if m and not os.path.exists(os.path.join(lib, m.group(1))):
+                os.symlink(name, os.path.join(lib, m.group(1)))
+        open(os.path.join(root, 'done.stamp'), 'w').close()
+    return incs, lib
+
+
+def cuda_cmake_args(incs, lib):
+    inc_flags = ' '.join('-I' + i for i in incs)
+    link = '-Wl,-rpath-link,%s -L%s' % (lib, lib)
+    return ['-DCUDA_TOOLKIT_ROOT_DIR=' + CUDA_HOME,
+            '-DCMAKE_LIBRARY_PATH=' + lib,
+            '-DCUDNN_INCLUDE=' + incs[0],
+            '-DCUDNN_LIBRARY=' + os.path.join(lib, 'libcudnn.so'),
+            '-DCUDA_cublas_LIBRARY=' + os.path.join(lib, 'libcublas.so'),
+            '-DCUDA_curand_LIBRARY=' + os.path.join(lib, 'libcurand.so'),
+            '-DCMAKE_CXX_FLAGS=' + inc_flags,
+            '-DCUDA_NVCC_FLAGS=' + ';'.join('-I' + i for i in incs),
+            '-DCMAKE_EXE_LINKER_FLAGS=' + link,
+            '-DCMAKE_SHARED_LINKER_FLAGS=' + link]
+
+
 def python_facts():
     import numpy
     ver = '%d.%d' % sys.version_info[:2]
@@ -183,12 +274,15 @@ def python_facts():
             'numpy': numpy.__version__, 'numpy_include': numpy.get_include()}
 
 
-def build_key(orig, deb, options, py):
+def build_key(orig, deb, options, py, cuda=False):
     h = hashlib.sha256()
-    for part in (ORIG_SHA256, DEBIAN_SHA256, BUILD_REVISION,
-                 ' '.join(options), py['version'], py['numpy']):
+    parts = [ORIG_SHA256, DEBIAN_SHA256, BUILD_REVISION, ' '.join(options),
+             py['version'], py['numpy']]
+    if cuda:
+        parts += CUDA_WHEELS + [nvcc_version()]
+    for part in parts:
         h.update(part.encode() + b'\0')
-    for name in read_series():
+    for name in read_series(cuda):
         h.update(name.encode() + b'\0')
         if not name.startswith('debian:'):
             with open(os.path.join(PATCH_DIR, name), 'rb') as f:
@@ -230,10 +324,10 @@ def extract(tar_path, dest):
             t.extractall(dest)
 
 
-def apply_patches(src, deb_tarball):
+def apply_patches(src, deb_tarball, cuda=False):
     with tempfile.TemporaryDirectory() as tmp:
         extract(deb_tarball, tmp)
-        for name in read_series():
+        for name in read_series(cuda):
             if name.startswith('debian:'):
                 path = os.path.join(tmp, 'debian', 'patches',
                                     name[len('debian:'):])
@@ -270,7 +364,8 @@ def run_logged(cmd, cwd, logf, progress=False):
             % (cmd[0], p.returncode, ''.join(tail), logf.name))
 
 
-def build(root, orig, deb, options, py, jobs, tests):
+def build(root, orig, deb, options, py, jobs, tests, extra_cmake=(),
+          cuda=False):
     src = os.path.join(root, 'src')
     bld = os.path.join(root, 'build')
     inst = os.path.join(root, 'install')
@@ -279,7 +374,7 @@ def build(root, orig, deb, options, py, jobs, tests):
         shutil.rmtree(src, ignore_errors=True)
         log('extracting %s' % os.path.basename(orig))
         extract(orig, src)  # the orig tarball has no top-level folder
-        apply_patches(src, deb)
+        apply_patches(src, deb, cuda)
         add_layers(src)
         open(os.path.join(root, 'patched.stamp'), 'w').close()
     os.makedirs(bld, exist_ok=True)
@@ -289,7 +384,7 @@ def build(root, orig, deb, options, py, jobs, tests):
              '-DPYTHON_INCLUDE_DIR=' + py['include'],
              '-DPYTHON_LIBRARY=' + py['library'],
              '-DNUMPY_INCLUDE_DIR=' + py['numpy_include'],
-             '-DNUMPY_VERSION=' + py['numpy']] + options
+             '-DNUMPY_VERSION=' + py['numpy']] + options + list(extra_cmake)
     if shutil.which('ccache'):   # same output, faster rebuilds
         cmake += ['-DCMAKE_CXX_COMPILER_LAUNCHER=ccache',
                   '-DCMAKE_C_COMPILER_LAUNCHER=ccache']
@@ -361,7 +456,28 @@ def parse_args():
     p.add_argument('--jobs', type=int, default=os.cpu_count() or 2)
     p.add_argument('--no-tests', action='store_true',
                    help="skip building Caffe's C++ test binary")
+    p.add_argument('--cuda', action='store_true',
+                   help='build the CUDA 13 + cuDNN 9 variant (sm_90) into '
+                        'the cache instead of the CPU one')
     return p.parse_args()
+
+
+def build_cuda(orig, deb, py, jobs):
+    """The CUDA variant: built and cached, not installed into the venv (the
+    GPU runtime bundle, `make gpu-bundle`, packs it)."""
+    incs, lib = fetch_cuda_libs()
+    key = build_key(orig, deb, CUDA_OPTIONS, py, cuda=True)
+    root = os.path.join(cache_root(), 'caffe-cuda-' + key)
+    done = os.path.join(root, 'done.stamp')
+    if os.path.exists(done):
+        log('cached CUDA build %s' % root)
+    else:
+        build(root, orig, deb, CUDA_OPTIONS, py, jobs, tests=False,
+              extra_cmake=cuda_cmake_args(incs, lib), cuda=True)
+        open(done, 'w').close()
+    with open(os.path.join(cache_root(), 'caffe-cuda-latest'), 'w') as f:
+        f.write(root + '\n')
+    log('CUDA build ready: %s (install/, CUDA libraries in %s)' % (root, lib))
 
 
 def main():
@@ -373,6 +489,9 @@ def main():
     py = python_facts()
     tests = not args.no_tests
     orig, deb = fetch_sources(args.tarball, args.debian_tarball)
+    if args.cuda:
+        build_cuda(orig, deb, py, args.jobs)
+        return
     key = build_key(orig, deb, CPU_OPTIONS, py)
     root = os.path.join(cache_root(), 'caffe-cpu-' + key)
     done = os.path.join(root, 'done-tests.stamp' if tests else 'done.stamp')
