@@ -171,24 +171,20 @@ def compare_activations(net_a, net_b, blobs, data, end):
 def real_patches(paths, count, seed=0):
     """``count`` preprocessed 96x96 patches from real images (N, 3, 96, 96).
 
-    Grids are sampled and patches preprocessed exactly as in training,
-    with fixed seeds, so a check sees the inputs the network was made for.
+    The pretext task's own sampler (evaluation.pretext_batches: training's
+    resizing, grids and preprocessing, with fixed seeds), one grid per
+    image, so a check sees the inputs the network was made for.  Few images
+    are walked again with the next seed until there are ``count`` patches.
     """
-    import random
-    from deepcontext import images, preprocess, sampling
-    rng, nprng = random.Random(seed), np.random.RandomState(seed)
+    from deepcontext import evaluation
     out = []
-    for path in list(paths) * count:
-        im = preprocess.resize_to_pixels(images.load_rgb(path),
-                                         rng.randint(*preprocess.TARGET_PIXELS))
-        if min(im.shape[:2]) <= sampling.min_image_side():
-            continue
-        corners = sampling.sample_grid(im.shape, rng)[0]
-        for corner in corners[:max(1, count // 4)]:
-            out.append(preprocess.prep_patch(preprocess.crop(im, corner), rng,
-                                             nprng))
-        if len(out) >= count:
-            break
-    if not out:
-        raise ValueError('no usable image among %d paths' % len(paths))
-    return np.stack(out[:count])
+    for attempt in range(count):
+        for data, _, _, _ in evaluation.pretext_batches(
+                paths, seed + attempt, grids_per_image=1,
+                report=lambda msg: None):
+            out.extend(data)
+            if len(out) >= count:
+                return np.stack(out[:count])
+        if not out:
+            raise ValueError('no usable image among %d paths' % len(paths))
+    return np.stack(out)
