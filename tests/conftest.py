@@ -19,6 +19,7 @@ def bn_snapshot(tmp_path_factory):
     path = solver.write_solver(os.path.join(out, 'solver.prototxt'),
                                solver.gen_solver(out, base_lr=1e-3))
     caffe.set_mode_cpu()
+    caffe.set_random_seed(0)   # the same fillers, so the same snapshot
     s = caffe.get_solver(path)
     data = surgery.real_patches(demo_data.test_photos(), 24, seed=1)
     rs = np.random.RandomState(0)

@@ -33,6 +33,8 @@ def parse_args():
     p.add_argument('--input-scale', default='1',
                    help="factor on conv1, or 'auto' (50 / RMS of Fast R-CNN "
                         "input on the embedded photos)")
+    p.add_argument('--seed', type=int, default=0,
+                   help='seed of the freshly initialised layers')
     return p.parse_args()
 
 
@@ -59,6 +61,7 @@ def main():
     write(out('solver.prototxt'), fast_rcnn.gen_solver(
         'train.prototxt', 'deepcontext_fast_rcnn'))
     caffe.set_mode_cpu()
+    caffe.set_random_seed(args.seed)   # fresh layers: reproducible exports
     src = caffe.Net(args.definition, args.weights, caffe.TEST)
     dst = caffe.Net(out('test.prototxt'), caffe.TEST)
     report = fast_rcnn.transfer(src, dst, args.fc6_mode, scale)
