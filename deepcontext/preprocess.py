@@ -52,7 +52,7 @@ def _taps(n_in, n_out):
     return (np.clip(x0, 0, n_in - 1), w0), (np.clip(x1, 0, n_in - 1), w1)
 
 
-def resize_bilinear(im, shape, offset=0.0, scale=None):
+def resize_bilinear(im, shape, offset=0.0, scale=None, dtype=np.float64):
     """Resize as skimage.transform.resize did in 2015 (caffe.io.resize).
 
     Bilinear interpolation (order 1), pixel centres mapped as
@@ -71,10 +71,13 @@ def resize_bilinear(im, shape, offset=0.0, scale=None):
     offset, scale : the image is resized as ``(im - offset) * scale``
         (the zeros outside are zeros of that).  ``scale`` defaults to 1/255
         for uint8 input (scikit-image's conversion to [0, 1]), else 1.
+    dtype : arithmetic and result type.  The loaders use float32, whose
+        result they keep anyway (about 3x faster; differences ~1e-7 of the
+        value range).
 
     Returns
     -------
-    float64 array of shape (height, width[, C])
+    array of ``dtype``, shape (height, width[, C])
     """
     im = np.asarray(im)
     if scale is None:
@@ -83,10 +86,21 @@ def resize_bilinear(im, shape, offset=0.0, scale=None):
     src = im[:, :, None] if flat else im
     (xa, wa), (xb, wb) = _taps(src.shape[1], int(shape[1]))
     (ya, va), (yb, vb) = _taps(src.shape[0], int(shape[0]))
-    wa, wb = wa[None, :, None], wb[None, :, None]
-    cols = ((src[:, xa] - offset) * scale * wa +
-            (src[:, xb] - offset) * scale * wb)
-    out = cols[ya] * va[:, None, None] + cols[yb] * vb[:, None, None]
+    # columns: (src - offset) * scale * w, in place where possible
+    cols = src[:, xa].astype(dtype)
+    other = src[:, xb].astype(dtype)
+    if offset:
+        cols -= dtype(offset)
+        other -= dtype(offset)
+    cols *= (wa * scale).astype(dtype)[None, :, None]
+    other *= (wb * scale).astype(dtype)[None, :, None]
+    cols += other
+    # rows
+    out = cols[ya]
+    out *= va.astype(dtype)[:, None, None]
+    other = cols[yb]
+    other *= vb.astype(dtype)[:, None, None]
+    out += other
     return out[:, :, 0] if flat else out
 
 
@@ -128,8 +142,11 @@ def resize_to_pixels(im_uint8, target_pixels):
     if hi <= lo:
         return np.full(shape + (im_uint8.shape[2],), lo / 255.0,
                        dtype=np.float32)
-    out = resize_bilinear(im_uint8, shape, offset=lo, scale=1.0 / (hi - lo))
-    return (out * ((hi - lo) / 255.0) + lo / 255.0).astype(np.float32)
+    out = resize_bilinear(im_uint8, shape, offset=lo, scale=1.0 / (hi - lo),
+                          dtype=np.float32)
+    out *= np.float32((hi - lo) / 255.0)
+    out += np.float32(lo / 255.0)
+    return out
 
 
 def crop(im, corner, patch=sampling.PATCH_SIZE):
@@ -165,8 +182,10 @@ def prep_patch(patch, rng, nprng, projection=False):
         side = int(math.sqrt(rng.random() *
                              (DOWNSAMPLE_MAX_PIXELS - DOWNSAMPLE_MIN_PIXELS) +
                              DOWNSAMPLE_MIN_PIXELS))
-        small = resize_bilinear(im.astype(np.uint8), (side, side))
-        im = (resize_bilinear(small, im.shape[:2]) * 255).astype(np.float32)
+        small = resize_bilinear(im.astype(np.uint8), (side, side),
+                                dtype=np.float32)
+        im = resize_bilinear(small, im.shape[:2], dtype=np.float32)
+        im *= np.float32(255)
     if projection:
         im = im.dot(PROJECTION.astype(np.float32))
         im -= im.mean(axis=(0, 1), dtype=np.float64).astype(np.float32)
