@@ -151,15 +151,38 @@ def gen_caffenet_deploy(batch_size=10, num_classes=1000):
     return n.to_proto()
 
 
-def write_nets(outdir, batch_size=512):
-    """Write network.prototxt and network_no_bn.prototxt; return paths."""
+# Layers whose parameters choose an engine (DEFAULT: cuDNN when built in).
+_ENGINE_PARAMS = {'Convolution': 'convolution_param', 'Pooling':
+                  'pooling_param', 'ReLU': 'relu_param', 'LRN': 'lrn_param',
+                  'SoftmaxWithLoss': 'softmax_param'}
+
+
+def set_engine(proto, engine):
+    """Set ``engine`` ('CAFFE' or 'CUDNN') on every layer that has one."""
+    for layer in proto.layer:
+        field = _ENGINE_PARAMS.get(layer.type)
+        if field is not None:
+            param = getattr(layer, field)
+            param.engine = type(param).Engine.Value(engine)
+    return proto
+
+
+def write_nets(outdir, batch_size=512, engine=None):
+    """Write network.prototxt and network_no_bn.prototxt; return paths.
+
+    ``engine='CAFFE'`` writes them with Caffe's own kernels on every layer
+    (config ``cudnn=False``); None leaves Caffe's default (cuDNN if built).
+    """
     os.makedirs(outdir, exist_ok=True)
     paths = []
     for name, use_bn in (('network.prototxt', True),
                          ('network_no_bn.prototxt', False)):
         path = os.path.join(outdir, name)
+        proto = gen_net(batch_size, use_bn)
+        if engine is not None:
+            set_engine(proto, engine)
         with open(path, 'w') as f:
-            f.write(str(gen_net(batch_size, use_bn)))
+            f.write(str(proto))
         paths.append(path)
     return paths
 

@@ -142,3 +142,18 @@ def test_solver_matches_original_template(tmp_path):
     text = open(dc_solver.write_solver(str(tmp_path / 's.prototxt'),
                                        s)).read()
     assert 'momentum' not in text   # as the template when momentum is 0
+
+
+def test_engine_caffe_switch(tmp_path):
+    """config cudnn=False: every layer that has an engine gets CAFFE, and
+    pycaffe builds that net (the default leaves the engine field out)."""
+    default = nets.write_nets(str(tmp_path / 'a'))[0]
+    assert 'engine' not in open(default).read()
+    path = nets.write_nets(str(tmp_path / 'b'), batch_size=8,
+                           engine='CAFFE')[0]
+    text = open(path).read()
+    # 5 convolutions, 3 poolings, 2 LRNs, 8 ReLUs, the loss's softmax
+    assert text.count('engine: CAFFE') == 19
+    caffe.set_mode_cpu()
+    net = caffe.Net(path, caffe.TRAIN)
+    assert 'conv1' in net.params
