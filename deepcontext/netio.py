@@ -18,6 +18,12 @@ def set_inputs(net, data, pairs, labels):
     blobs = net.blobs
     blobs['data'].reshape(*data.shape)
     blobs['data'].data[...] = data
+    set_pairs(net, pairs, labels)
+
+
+def set_pairs(net, pairs, labels):
+    """Write the pair indices and labels (``select1``, ``select2``, ``label``)."""
+    blobs = net.blobs
     npairs = pairs.shape[0]
     for name, values in (('select1', pairs[:, 0]), ('select2', pairs[:, 1]),
                          ('label', labels)):

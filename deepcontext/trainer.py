@@ -28,6 +28,7 @@ import caffe
 
 from deepcontext import config as dc_config
 from deepcontext import control as dc_control
+from deepcontext import gpufeed as dc_gpufeed
 from deepcontext import images as dc_images
 from deepcontext import loader as dc_loader
 from deepcontext import nets, netio, runlog
@@ -138,6 +139,7 @@ class Trainer:
         self.control = dc_control.Control(self.exp_name, workdir)
         self.loader = None
         self.solver = None
+        self.feed = None
         self.tee = None
         self.steps = 0          # steps taken by this Trainer
         self.state = None
@@ -205,7 +207,8 @@ class Trainer:
                            level='W')
             with open(os.path.join(self.outdir, 'config.json'), 'w') as f:
                 f.write(cfg.to_json())
-            nets.write_nets(self.outdir, cfg.batch_size)
+            nets.write_nets(self.outdir, cfg.batch_size,
+                            engine=None if cfg.cudnn else 'CAFFE')
             solver_path = dc_solver.write_solver(
                 os.path.join(self.outdir, 'solver.prototxt'),
                 dc_solver.gen_solver(self.outdir, base_lr=cfg.base_lr,
@@ -214,6 +217,8 @@ class Trainer:
                                      snapshot=cfg.snapshot_every,
                                      gpu=cfg.gpu is not None))
             if cfg.gpu is not None:
+                # read by our Caffe build when layers choose their kernels
+                os.environ['CAFFE_TF32'] = '1' if cfg.tf32 else '0'
                 caffe.set_device(cfg.gpu)
                 caffe.set_mode_gpu()
             else:
@@ -226,12 +231,23 @@ class Trainer:
                 runlog.log('restoring %s' % state)
                 self.solver.restore(state)
             self.stats = ParamStats(netio.tracked_params(self.solver.net))
+            if cfg.gpu is not None:
+                self._start_feed()
         except BaseException:
             self.close()
             raise
         finally:
             if self.tee is not None:
                 self.tee.stop()
+
+    def _start_feed(self):
+        """GPU runs: batches go to the GPU while the previous step runs."""
+        try:
+            self.feed = dc_gpufeed.GpuFeed(self.solver.net, self.cfg.batch_size)
+        except (dc_gpufeed.CudaError, AttributeError) as e:
+            runlog.log('inputs go through host memory (no GPU feed: %s)' % e,
+                       level='W')
+            self.feed = None
 
     # ---- the loop -------------------------------------------------------
     @property
@@ -249,10 +265,13 @@ class Trainer:
             dc_snapshots.ensure_space(self.outdir, self.solver.net,
                                       self.solver.iter + 1)
         t0 = time.time()
-        batch = self.loader.get()
-        netio.set_inputs(self.solver.net, batch.data, batch.pairs,
-                         batch.labels)
-        self.loader.release(batch)
+        if self.feed is not None:
+            batch, _ = self.feed.next(self.loader)
+        else:
+            batch = self.loader.get()
+            netio.set_inputs(self.solver.net, batch.data, batch.pairs,
+                             batch.labels)
+            self.loader.release(batch)
         t_data = time.time() - t0
         it = self.solver.iter
         self.solver.step(1)
@@ -339,6 +358,8 @@ class Trainer:
         if self.closed:
             return
         self.closed = True
+        if self.feed is not None:      # unpins the loader's buffers: first
+            self.feed.close()
         if self.loader is not None:
             self.loader.close()
         if self.tee is not None:

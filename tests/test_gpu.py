@@ -1,0 +1,211 @@
+"""The GPU build on a GPU: our kernels against Caffe's CPU ones, and the feed.
+
+Skipped unless pycaffe is a CUDA build and a GPU answers (CI has neither;
+bench/gpu_session.sh runs this file on the lent GPU machine).  Photos come
+from the embedded demo set, or from the folder in
+DEEPCONTEXT_TEST_IMAGES where those packages are not installed.
+"""
+import glob
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault('GLOG_minloglevel', '2')
+import caffe  # noqa: E402
+from caffe import layers as L  # noqa: E402
+
+from deepcontext import gpufeed, nets, netio, solver, surgery  # noqa: E402
+from deepcontext.trainer import caffe_cpu_only  # noqa: E402
+
+
+def _gpu_available():
+    if caffe_cpu_only():
+        return False
+    rt = gpufeed.load_cudart()
+    if rt is None:
+        return False
+    import ctypes
+    n = ctypes.c_int(0)
+    return rt.cudaGetDeviceCount(ctypes.byref(n)) == 0 and n.value > 0
+
+
+pytestmark = pytest.mark.skipif(not _gpu_available(),
+                                reason='needs the CUDA build of pycaffe and '
+                                       'a GPU')
+
+
+def photos():
+    folder = os.environ.get('DEEPCONTEXT_TEST_IMAGES')
+    if folder:
+        return sorted(glob.glob(os.path.join(folder, '*.jpg')))[:12]
+    from deepcontext import demo_data
+    return demo_data.test_photos()
+
+
+@pytest.fixture(scope='module')
+def patches():
+    return surgery.real_patches(photos(), 64, seed=3)
+
+
+def run_net(proto_text, inputs, mode, weights=None):
+    """Forward + backward on one device; returns (net, tops, bottom diffs)."""
+    import tempfile
+    if mode == 'gpu':
+        caffe.set_mode_gpu()
+    else:
+        caffe.set_mode_cpu()
+    with tempfile.NamedTemporaryFile('w', suffix='.prototxt') as f:
+        f.write(proto_text)
+        f.flush()
+        net = caffe.Net(f.name, caffe.TRAIN)
+    if weights:
+        for name, blobs in weights.items():
+            for b, w in zip(net.params[name], blobs):
+                b.data[...] = w
+    for name, value in inputs.items():
+        net.blobs[name].reshape(*value.shape)
+        net.blobs[name].data[...] = value
+    net.forward()
+    top = {k: v.data.copy() for k, v in net.blobs.items()}
+    for k, v in net.blobs.items():
+        v.diff[...] = 0
+    out = list(net.outputs)[0]
+    rs = np.random.RandomState(5)
+    net.blobs[out].diff[...] = rs.standard_normal(net.blobs[out].shape)
+    net.backward()
+    diffs = {k: v.diff.copy() for k, v in net.blobs.items()}
+    return net, top, diffs
+
+
+def rel(a, b):
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+@pytest.mark.parametrize('shape', [(64, 384, 6, 6), (300, 4096)])
+def test_batchnorm_gpu_matches_cpu(shape):
+    """Our fused BatchNorm kernels (conv and fc layouts) against Caffe's CPU
+    code: outputs, gradients, and the moving statistics."""
+    n = caffe.NetSpec()
+    n.x = L.DummyData(shape=dict(dim=list(shape)))
+    n.y = L.BatchNorm(n.x, param=nets.BN_PARAMS)
+    n.z = L.ReLU(n.y)        # in place after BN, as in the patch network
+    text = 'force_backward: true\n' + str(n.to_proto())
+    x = (np.random.RandomState(1).standard_normal(shape) * 3 + 1)
+    x = x.astype(np.float32)
+    _, tc, dc = run_net(text, {'x': x}, 'cpu')
+    net_g, tg, dg = run_net(text, {'x': x}, 'gpu')
+    assert rel(tg['y'], tc['y']) < 1e-5
+    assert rel(dg['x'], dc['x']) < 1e-5
+    assert np.isfinite(dg['x']).all()
+    net_c, _, _ = run_net(text, {'x': x}, 'cpu')
+    for i in range(3):
+        assert rel(net_g.params['y'][i].data, net_c.params['y'][i].data) \
+            < 1e-5
+
+
+def test_batch_reindex_gpu_matches_cpu():
+    """BatchReindex backward (with its kept inverse index), twice with
+    different permutations, against the CPU."""
+    rs = np.random.RandomState(2)
+    x = rs.standard_normal((40, 100)).astype(np.float32)
+    n = caffe.NetSpec()
+    n.x = L.DummyData(shape=dict(dim=[40, 100]))
+    n.p = L.DummyData(shape=dict(dim=[2]))
+    n.y = L.BatchReindex(n.x, n.p)
+    text = 'force_backward: true\n' + str(n.to_proto())
+    for size in (150, 90):
+        perm = rs.randint(0, 40, size).astype(np.float32)
+        _, tc, dc = run_net(text, {'x': x, 'p': perm}, 'cpu')
+        _, tg, dg = run_net(text, {'x': x, 'p': perm}, 'gpu')
+        np.testing.assert_array_equal(tg['y'], tc['y'])
+        assert rel(dg['x'], dc['x']) < 1e-6
+
+
+class FakeLoader:
+    """BatchLoader's interface over fixed batches in page-sized buffers."""
+
+    class Batch:
+        def __init__(self, data, pairs, labels, worker, slot):
+            self.data, self.pairs, self.labels = data, pairs, labels
+            self.worker, self.slot, self.queued = worker, slot, 0
+
+    def __init__(self, batches):
+        self.buffers = [[np.zeros((64, 3, 96, 96), np.float32)
+                         for _ in batches]]
+        self.batches = batches
+        self.i = 0
+        self.released = []
+
+    def get(self, timeout=None):
+        slot = self.i % len(self.batches)
+        data, pairs, labels = self.batches[slot]
+        buf = self.buffers[0][slot]
+        buf[:len(data)] = data
+        self.i += 1
+        return self.Batch(buf[:len(data)], pairs, labels, 0, slot)
+
+    def release(self, batch):
+        self.released.append(batch.slot)
+
+
+def test_feed_delivers_the_loader_bytes(tmp_path, patches):
+    """GpuFeed: the net sees exactly the bytes the loader wrote, batch after
+    batch of different sizes, and each buffer goes back to the loader."""
+    caffe.set_mode_gpu()
+    nets.write_nets(str(tmp_path), batch_size=64)
+    net = caffe.Net(str(tmp_path / 'network.prototxt'), caffe.TRAIN)
+    rs = np.random.RandomState(0)
+    batches = []
+    for n in (60, 48, 63):
+        pairs = np.stack([np.arange(n - 1), np.arange(1, n)], 1)
+        batches.append((patches[:n] * rs.uniform(.5, 2), pairs,
+                        rs.randint(0, 8, n - 1)))
+    loader = FakeLoader(batches)
+    feed = gpufeed.GpuFeed(net, 64)
+    try:
+        for k in range(5):
+            batch, _ = feed.next(loader)
+            data, pairs, labels = batches[k % 3]
+            got = net.blobs['data'].data      # device -> host copy
+            assert got.shape == data.shape
+            np.testing.assert_array_equal(got, data)
+            np.testing.assert_array_equal(net.blobs['select2'].data,
+                                          pairs[:, 1])
+            np.testing.assert_array_equal(net.blobs['label'].data, labels)
+            net.forward()
+            assert np.isfinite(netio.loss(net))
+        assert loader.released == [0, 1, 2, 0, 1]
+    finally:
+        feed.close()
+    assert loader.released == [0, 1, 2, 0, 1, 2]
+    assert feed.registered == {}
+
+
+def test_gpu_step_matches_cpu(tmp_path, patches):
+    """A whole SGD step of the patch network on the GPU (cuDNN, our BN and
+    BatchReindex kernels, fp32) against the same step on the CPU."""
+    os.environ['CAFFE_TF32'] = '0'
+    nets.write_nets(str(tmp_path), batch_size=64)
+    path = solver.write_solver(str(tmp_path / 'solver.prototxt'),
+                               solver.gen_solver(str(tmp_path),
+                                                 base_lr=1e-3))
+    rs = np.random.RandomState(4)
+    pairs = np.stack([np.arange(63), np.arange(1, 64)], 1)
+    labels = rs.randint(0, 8, 63)
+    results = {}
+    for mode in ('cpu', 'gpu'):
+        getattr(caffe, 'set_mode_' + mode)()
+        caffe.set_random_seed(0)
+        s = caffe.get_solver(path)
+        for _ in range(2):
+            netio.set_inputs(s.net, patches, pairs, labels)
+            s.step(1)
+        results[mode] = (netio.loss(s.net),
+                         {k: v[0].data.copy() for k, v in s.net.params.items()
+                          if not k.startswith('bn')})
+    loss_c, w_c = results['cpu']
+    loss_g, w_g = results['gpu']
+    assert abs(loss_g - loss_c) / abs(loss_c) < 1e-4
+    for k in w_c:
+        assert rel(w_g[k], w_c[k]) < 1e-4, k
