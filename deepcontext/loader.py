@@ -145,8 +145,8 @@ def fill_batches(stream, buffers, free, emit, rng, nprng, batch_size,
         corners = asm.add(im.shape, start, cols, rows, rng)
         out = buffers[slot]
         for i, corner in enumerate(corners):
-            out[base + i] = preprocess.prep_patch(
-                preprocess.crop(im, corner), rng, nprng, projection)
+            preprocess.prep_patch(preprocess.crop(im, corner), rng, nprng,
+                                  projection, out=out[base + i])
 
 
 def _worker_main(wid, seed, image_set, buffers, free_q, ready_q, batch_size,
