@@ -167,11 +167,12 @@ def set_engine(proto, engine):
     return proto
 
 
-def write_nets(outdir, batch_size=512, engine=None):
+def write_nets(outdir, batch_size=512, engine=None, debug_info=True):
     """Write network.prototxt and network_no_bn.prototxt; return paths.
 
     ``engine='CAFFE'`` writes them with Caffe's own kernels on every layer
     (config ``cudnn=False``); None leaves Caffe's default (cuDNN if built).
+    ``debug_info=False`` turns off the per-layer log of the original.
     """
     os.makedirs(outdir, exist_ok=True)
     paths = []
@@ -181,6 +182,7 @@ def write_nets(outdir, batch_size=512, engine=None):
         proto = gen_net(batch_size, use_bn)
         if engine is not None:
             set_engine(proto, engine)
+        proto.debug_info = debug_info
         with open(path, 'w') as f:
             f.write(str(proto))
         paths.append(path)

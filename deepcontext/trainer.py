@@ -208,7 +208,8 @@ class Trainer:
             with open(os.path.join(self.outdir, 'config.json'), 'w') as f:
                 f.write(cfg.to_json())
             nets.write_nets(self.outdir, cfg.batch_size,
-                            engine=None if cfg.cudnn else 'CAFFE')
+                            engine=None if cfg.cudnn else 'CAFFE',
+                            debug_info=cfg.debug_info)
             solver_path = dc_solver.write_solver(
                 os.path.join(self.outdir, 'solver.prototxt'),
                 dc_solver.gen_solver(self.outdir, base_lr=cfg.base_lr,
@@ -219,6 +220,8 @@ class Trainer:
             if cfg.gpu is not None:
                 # read by our Caffe build when layers choose their kernels
                 os.environ['CAFFE_TF32'] = '1' if cfg.tf32 else '0'
+                os.environ['CAFFE_CUDNN_WORKSPACE_MB'] = str(
+                    cfg.cudnn_workspace_mb)
                 caffe.set_device(cfg.gpu)
                 caffe.set_mode_gpu()
             else:
