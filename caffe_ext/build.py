@@ -245,10 +245,25 @@ def fetch_cuda_libs():
     return incs, lib
 
 
+def nvcc_launcher():
+    """nvcc behind ccache, so a patch change recompiles only the .cu files
+    it touches (FindCUDA ignores CMAKE_*_COMPILER_LAUNCHER)."""
+    path = os.path.join(cache_root(), 'nvcc-ccache')
+    text = '#!/bin/sh\nexec ccache %s "$@"\n' % os.path.join(CUDA_HOME, 'bin',
+                                                          'nvcc')
+    if not (os.path.exists(path) and open(path).read() == text):
+        with open(path, 'w') as f:
+            f.write(text)
+        os.chmod(path, 0o755)
+    return path
+
+
 def cuda_cmake_args(incs, lib):
     inc_flags = ' '.join('-I' + i for i in incs)
     link = '-Wl,-rpath-link,%s -L%s' % (lib, lib)
-    return ['-DCUDA_TOOLKIT_ROOT_DIR=' + CUDA_HOME,
+    launcher = (['-DCUDA_NVCC_EXECUTABLE=' + nvcc_launcher()]
+                if shutil.which('ccache') else [])
+    return launcher + ['-DCUDA_TOOLKIT_ROOT_DIR=' + CUDA_HOME,
             '-DCMAKE_LIBRARY_PATH=' + lib,
             '-DCUDNN_INCLUDE=' + incs[0],
             '-DCUDNN_LIBRARY=' + os.path.join(lib, 'libcudnn.so'),
@@ -459,22 +474,27 @@ def parse_args():
     p.add_argument('--cuda', action='store_true',
                    help='build the CUDA 13 + cuDNN 9 variant (sm_90) into '
                         'the cache instead of the CPU one')
+    p.add_argument('--cuda-tests', action='store_true',
+                   help="with --cuda: also build Caffe's C++ test binary")
     return p.parse_args()
 
 
-def build_cuda(orig, deb, py, jobs):
+def build_cuda(orig, deb, py, jobs, tests=False):
     """The CUDA variant: built and cached, not installed into the venv (the
-    GPU runtime bundle, `make gpu-bundle`, packs it)."""
+    GPU runtime bundle, `make gpu-bundle`, packs it).  ``tests`` adds
+    Caffe's C++ test binary (build/test/test.testbin), to run on a GPU
+    machine with bench/gpu_session.sh."""
     incs, lib = fetch_cuda_libs()
     key = build_key(orig, deb, CUDA_OPTIONS, py, cuda=True)
     root = os.path.join(cache_root(), 'caffe-cuda-' + key)
-    done = os.path.join(root, 'done.stamp')
+    done = os.path.join(root, 'done-tests.stamp' if tests else 'done.stamp')
     if os.path.exists(done):
         log('cached CUDA build %s' % root)
     else:
-        build(root, orig, deb, CUDA_OPTIONS, py, jobs, tests=False,
+        build(root, orig, deb, CUDA_OPTIONS, py, jobs, tests=tests,
               extra_cmake=cuda_cmake_args(incs, lib), cuda=True)
         open(done, 'w').close()
+        open(os.path.join(root, 'done.stamp'), 'w').close()
     with open(os.path.join(cache_root(), 'caffe-cuda-latest'), 'w') as f:
         f.write(root + '\n')
     log('CUDA build ready: %s (install/, CUDA libraries in %s)' % (root, lib))
@@ -490,7 +510,7 @@ def main():
     tests = not args.no_tests
     orig, deb = fetch_sources(args.tarball, args.debian_tarball)
     if args.cuda:
-        build_cuda(orig, deb, py, args.jobs)
+        build_cuda(orig, deb, py, args.jobs, tests=args.cuda_tests)
         return
     key = build_key(orig, deb, CPU_OPTIONS, py)
     root = os.path.join(cache_root(), 'caffe-cpu-' + key)
