@@ -6,6 +6,7 @@ many patches/s as its solver step consumes (see bench/cpu_step_time.py, and
 the GPU issue's solver throughput).
 
     .venv/bin/python bench/loader_throughput.py [--workers 1 2] [--batches 12]
+        [--images FOLDER]
 """
 import argparse
 import os
@@ -36,10 +37,14 @@ def main():
                    default=sorted({1, os.cpu_count() or 1}))
     p.add_argument('--batches', type=int, default=12)
     p.add_argument('--batch-size', type=int, default=512)
+    p.add_argument('--images', default=None,
+                   help='image source (default: the embedded photos)')
     args = p.parse_args()
-    image_set = images.open_image_source(demo_data.demo_photos())
-    print('loader throughput, %d embedded photos, batch < %d patches, '
-          '%d cores' % (len(image_set), args.batch_size, os.cpu_count()))
+    image_set = images.open_image_source(args.images or
+                                         demo_data.demo_photos())
+    print('loader throughput, %d photos (%s), batch < %d patches, '
+          '%d cores' % (len(image_set), args.images or 'embedded',
+                        args.batch_size, os.cpu_count()))
     for w in args.workers:
         n, dt = measure(image_set, w, args.batches, args.batch_size)
         print('workers %2d: %6.1f patches/s total, %6.1f patches/s per '

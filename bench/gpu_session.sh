@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# On the GPU machine: unpack the GPU bundle (dist/deepcontext-gpu.tar.xz,
+# carried), then run the given steps.  Output under $OUT (or /tmp/out).
+# Usage: bash bench/gpu_session.sh STEP...   (steps: see case below)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+B=/tmp/dcb
+if [ ! -x $B/deepcontext-gpu/bin/python ]; then
+  mkdir -p $B && tar xJf dist/deepcontext-gpu.tar.xz -C $B || exit 1
+fi
+PY=$B/deepcontext-gpu/bin/python
+export PYTHONUNBUFFERED=1
+run() { echo "+ $*"; "$@"; }
+cpy() { ( source $B/deepcontext-gpu/env.sh; export PYTHONPATH=${PYTHONPATH_PRE:+$PYTHONPATH_PRE:}$PWD:$PYTHONPATH; "$B/deepcontext-gpu/python/bin/python3.11" "$@" ); }
+GTEST_LAYERS='*Convolution*:*CuDNN*:*Pooling*:*LRN*:*BatchNorm*:*BatchReindex*:*InnerProduct*:*Concat*:*Softmax*:*Split*:*DummyData*:*ROIPooling*:*SmoothL1*:*SGDSolver*:*NetTest*:*SyncedMemory*:*MathFunctions*:*Im2col*:*Filler*:-*HDF5*' 
+for step in "$@"; do
+  echo "=== $step $(date +%T)"
+  case $step in
+    info) nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,utilization.gpu --format=csv; nproc ;;
+    torch) for f in "" --tf32; do python3 shared_bench/torch_reference.py --iters 50 $f; done ;;
+    base) cpy bench/gpu_step.py --label find --layers ;;
+    heur) CAFFE_CUDNN_FIND=0 cpy bench/gpu_step.py --label heuristic ;;
+    nodbg) cpy bench/gpu_step.py --label find-nodbg --no-debug-info ;;
+    ws1g) CAFFE_CUDNN_WORKSPACE_MB=1024 cpy bench/gpu_step.py --label find-ws1g ;;
+    ws4g) CAFFE_CUDNN_WORKSPACE_MB=4096 cpy bench/gpu_step.py --label find-ws4g --layers ;;
+    algos) for ws in 256 4096; do for t in 0 1; do
+        GLOG_minloglevel=0 CAFFE_TF32=$t CAFFE_CUDNN_WORKSPACE_MB=$ws cpy bench/gpu_step.py --iters 3 --warmup 1 2>&1 | grep -E "cuDNN algorithms|caffe-step" | sed "s/^.*\] //;s/^/ws=$ws tf32=$t /"; done; done ;;
+    engine) cpy bench/gpu_step.py --label caffe-engine --caffe-engine --iters 10 ;;
+    tf32) CAFFE_TF32=1 cpy bench/gpu_step.py --label tf32 --layers ;;
+    tf32nodbg) CAFFE_TF32=1 cpy bench/gpu_step.py --label tf32-nodbg --no-debug-info ;;
+    gtest) # Caffe's C++ tests of the layers and solver we use, on the GPU
+      ( source $B/deepcontext-gpu/env.sh
+        timeout 300 gpudata/test.testbin --gtest_brief=1 \
+          --gtest_filter="$GTEST_LAYERS" 2>&1 | tail -25 ) ;;
+    pytest) # our GPU tests (tests/test_gpu.py) with the bundle's Python
+      mkdir -p /tmp/site && for w in gpudata/whl/*.whl; do
+        python3 -c "import zipfile,sys; zipfile.ZipFile(sys.argv[1]).extractall('/tmp/site')" $w; done
+      DEEPCONTEXT_TEST_IMAGES=$PWD/gpudata/photos PYTHONPATH_PRE=/tmp/site \
+        cpy -m pytest -v -x -p no:cacheprovider tests/test_gpu.py > $OUT/pytest.log 2>&1
+      grep -E "PASS|FAIL|ERROR|passed|failed|Check failed|^F[0-9]|Error|error" $OUT/pytest.log | head -30 ;;
+    loader) cpy bench/loader_throughput.py --images gpudata/photos --workers 15 --batches 60 ;;
+    e2e) cpy bench/gpu_train.py --images gpudata/photos --iters ${ITERS:-600} ;;
+    e2etf32) cpy bench/gpu_train.py --images gpudata/photos --iters 600 --tf32 ;;
+    *) echo "unknown step $step" ;;
+  esac
+done
