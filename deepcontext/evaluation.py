@@ -24,7 +24,6 @@ import random
 import time
 
 import numpy as np
-from scipy import optimize
 
 from deepcontext import features, preprocess, sampling
 from deepcontext import images as dc_images
@@ -258,6 +257,7 @@ def train_logistic(x, y, num_classes, l2, max_iter=500):
 
     The last row of W is the bias.  x should be standardised.
     """
+    from scipy import optimize  # here: the GPU bundle has no scipy
     onehot = np.eye(num_classes)[y]
     w0 = np.zeros((x.shape[1] + 1) * num_classes)
     res = optimize.minimize(_logistic_loss, w0, args=(x, onehot, l2),

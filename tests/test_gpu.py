@@ -15,7 +15,7 @@ os.environ.setdefault('GLOG_minloglevel', '2')
 import caffe  # noqa: E402
 from caffe import layers as L  # noqa: E402
 
-from deepcontext import gpufeed, nets, netio, solver, surgery  # noqa: E402
+from deepcontext import gpufeed, nets, netio, surgery  # noqa: E402
 from deepcontext.trainer import caffe_cpu_only  # noqa: E402
 
 
@@ -187,33 +187,43 @@ def test_feed_delivers_the_loader_bytes(tmp_path, patches):
     assert feed.registered == {}
 
 
-def test_gpu_step_matches_cpu(tmp_path, patches):
-    """A whole SGD step of the patch network on the GPU (cuDNN, our BN and
-    BatchReindex kernels, fp32) against the same step on the CPU."""
+def test_gpu_pass_matches_cpu(tmp_path, patches):
+    """The patch network's forward and backward pass on the GPU (cuDNN, our
+    BatchNorm and BatchReindex kernels, fp32) against the CPU, same weights.
+
+    Activations agree to fp32 rounding (~1e-5 after 30 layers).  Gradients
+    agree to ~3e-3 only: a ReLU whose input is within rounding of 0 passes
+    the gradient on one device and blocks it on the other, and those flips
+    add up; fc9's gradient, before any ReLU, agrees to ~1e-5.
+    """
     os.environ['CAFFE_TF32'] = '0'
-    nets.write_nets(str(tmp_path), batch_size=64)
-    path = solver.write_solver(str(tmp_path / 'solver.prototxt'),
-                               solver.gen_solver(str(tmp_path),
-                                                 base_lr=1e-3))
+    path = nets.write_nets(str(tmp_path), batch_size=64, debug_info=False)[0]
     rs = np.random.RandomState(4)
     pairs = np.stack([np.arange(63), np.arange(1, 64)], 1)
     labels = rs.randint(0, 8, 63)
-    results = {}
+    results, weights = {}, None
     for mode in ('cpu', 'gpu'):
         getattr(caffe, 'set_mode_' + mode)()
-        caffe.set_random_seed(0)
-        s = caffe.get_solver(path)
-        init = {k: v[0].data.copy() for k, v in s.net.params.items()
-                if not k.startswith('bn')}
-        for _ in range(2):
-            netio.set_inputs(s.net, patches, pairs, labels)
-            s.step(1)
-        results[mode] = (netio.loss(s.net),
-                         {k: s.net.params[k][0].data - w for k, w in
-                          init.items()})
-    loss_c, dw_c = results['cpu']
-    loss_g, dw_g = results['gpu']
-    assert abs(loss_g - loss_c) / abs(loss_c) < 1e-4
-    for k in dw_c:    # the updates of two steps, layer by layer
-        assert np.abs(dw_c[k]).max() > 0, k
-        assert rel(dw_g[k], dw_c[k]) < 1e-3, (k, rel(dw_g[k], dw_c[k]))
+        net = caffe.Net(path, caffe.TRAIN)
+        if weights is None:
+            weights = {k: [b.data.copy() for b in v]
+                       for k, v in net.params.items()}
+        for k, v in net.params.items():
+            for b, w in zip(v, weights[k]):
+                b.data[...] = w
+        netio.set_inputs(net, patches, pairs, labels)
+        net.forward()
+        net.backward()
+        results[mode] = ({k: v.data.copy() for k, v in net.blobs.items()},
+                         {k: v[0].diff.copy() for k, v in net.params.items()
+                          if not k.startswith('bn')})
+        del net
+    (data_c, grad_c), (data_g, grad_g) = results['cpu'], results['gpu']
+    for k in data_c:
+        assert rel(data_g[k], data_c[k]) < 1e-4, (k, rel(data_g[k],
+                                                          data_c[k]))
+    assert rel(grad_g['fc9'], grad_c['fc9']) < 1e-4
+    for k in grad_c:
+        assert np.abs(grad_c[k]).max() > 0, k
+        assert rel(grad_g[k], grad_c[k]) < 2e-2, (k, rel(grad_g[k],
+                                                          grad_c[k]))
