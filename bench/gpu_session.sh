@@ -2,6 +2,10 @@
 # On the GPU machine: unpack the GPU bundle (dist/deepcontext-gpu.tar.xz,
 # carried), then run the given steps.  Output under $OUT (or /tmp/out).
 # Usage: bash bench/gpu_session.sh STEP...   (steps: see case below)
+# Carried with it: dist/ (make gpu-bundle), gpudata/ (photos/: JPEGs of at
+# most 500 px a side; whl/: pytest wheels; test.testbin from
+# build.py --cuda --cuda-tests, stripped) and shared_bench/ (a copy of
+# ../shared/bench, the PyTorch reference).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -51,6 +55,13 @@ for step in "$@"; do
         cpy -m pytest -v -x -p no:cacheprovider tests/test_gpu.py > $OUT/pytest.log 2>&1
       grep -E "PASS|FAIL|ERROR|passed|failed|Check failed|^F[0-9]|Error|error" $OUT/pytest.log | head -30 ;;
     compare) cpy bench/gpu_compare.py ;;
+    ratio) # solver throughput against the PyTorch reference, same GPU, now
+      for mode in fp32 tf32; do
+        flag=; tf=0; [ $mode = tf32 ] && { flag=--tf32; tf=1; }
+        t=$(python3 shared_bench/torch_reference.py --iters 50 $flag | grep -o 'patches_per_s=[0-9]*' | cut -d= -f2)
+        c=$(CAFFE_TF32=$tf cpy bench/gpu_step.py | grep -o 'patches_per_s=[0-9]*' | cut -d= -f2)
+        python3 -c "print('ratio $mode: caffe %s patches/s, torch %s patches/s, %.2fx' % ($c, $t, $c / $t))"
+      done ;;
     loader) cpy bench/loader_throughput.py --images gpudata/photos --workers 15 --batches 60 ;;
     e2e) cpy bench/gpu_train.py --images gpudata/photos --iters ${ITERS:-600} ;;
     e2etf32) cpy bench/gpu_train.py --images gpudata/photos --iters 600 --tf32 ;;
