@@ -96,20 +96,20 @@ def time_steps(s, iters, warmup, chunk=10):
 
 def layer_times(net, reps=10):
     """Median forward and backward ms per layer, each timed alone."""
-    names = list(net._layer_names)
+    names = netio.layer_names(net)
     fwd = {n: [] for n in names}
     bwd = {n: [] for n in names}
     for _ in range(reps):
         for i, name in enumerate(names):
             sync()
             t0 = time.perf_counter()
-            net._forward(i, i)
+            netio.forward_layer(net, i)
             sync()
             fwd[name].append(time.perf_counter() - t0)
         for i in reversed(range(len(names))):
             sync()
             t0 = time.perf_counter()
-            net._backward(i, i)
+            netio.backward_layer(net, i)
             sync()
             bwd[names[i]].append(time.perf_counter() - t0)
     return [(n, 1e3 * statistics.median(fwd[n]),

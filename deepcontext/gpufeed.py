@@ -12,7 +12,7 @@ bytes the loader wrote are the bytes the net sees.
 
 The CUDA runtime is reached through ctypes (the libcudart that libcaffe
 loaded, so the same context), and the blob's device pointer through
-pycaffe's ``Blob._gpu_data_ptr``.  Small inputs (pair indices, labels) go
+``netio.reshape_data_on_gpu``.  Small inputs (pair indices, labels) go
 the usual way (netio.set_pairs).
 """
 import ctypes
@@ -136,10 +136,7 @@ class GpuFeed:
             waited += time.time() - t0
         src_loader, batch = self.pending
         rt = self.rt
-        n = batch.data.shape[0]
-        blob = self.net.blobs['data']
-        blob.reshape(n, 3, 96, 96)
-        dst = blob._gpu_data_ptr
+        dst = netio.reshape_data_on_gpu(self.net, batch.data.shape)
         self._check(rt.cudaStreamWaitEvent(_DEFAULT_STREAM, self.copied, 0),
                     'wait')
         self._check(rt.cudaMemcpyAsync(dst, self.staging, batch.data.nbytes,

@@ -60,3 +60,30 @@ def fc8_weight_sum(net):
 
 def pool1_max_abs_diff(net):
     return float(np.max(np.abs(net.blobs['pool1'].diff)))
+
+
+def reshape_data_on_gpu(net, shape):
+    """Reshape the ``data`` blob; return its device pointer (an int).
+
+    For GpuFeed, which fills the blob on the device.  pycaffe's private
+    ``Blob._gpu_data_ptr`` is Caffe's ``mutable_gpu_data()``: the blob's
+    head moves to the GPU, so Caffe will not upload stale host memory over
+    it.  Only in a CUDA build (AttributeError otherwise).
+    """
+    blob = net.blobs['data']
+    blob.reshape(*shape)
+    return blob._gpu_data_ptr
+
+
+def layer_names(net):
+    return list(net._layer_names)
+
+
+def forward_layer(net, index):
+    """Run layer ``index`` alone (pycaffe's private ``_forward``)."""
+    net._forward(index, index)
+
+
+def backward_layer(net, index):
+    """Backpropagate through layer ``index`` alone."""
+    net._backward(index, index)
