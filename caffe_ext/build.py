@@ -411,10 +411,11 @@ def build(root, orig, deb, options, py, jobs, tests, extra_cmake=(),
         log('configuring (cmake); full log in %s' % logf.name)
         run_logged(cmake, bld, logf)
         log('compiling libcaffe, tools and pycaffe with %d jobs '
-            '(about 6 minutes on 2 cores)' % jobs)
+            '(on 2 cores: about 6 minutes, 20 with CUDA)' % jobs)
         run_logged(['make', '-j%d' % jobs, 'all'], bld, logf, progress=True)
         if tests:
-            log('compiling Caffe\'s C++ test suite (about 3 minutes)')
+            log('compiling Caffe\'s C++ test suite (on 2 cores: about 3 '
+                'minutes, 8 with CUDA)')
             run_logged(['make', '-j%d' % jobs, 'test.testbin'], bld, logf,
                        progress=True)
         run_logged(['make', 'install'], bld, logf)
