@@ -2,10 +2,12 @@
 # On the GPU machine: unpack the GPU bundle (dist/deepcontext-gpu.tar.xz,
 # carried), then run the given steps.  Output under $OUT (or /tmp/out).
 # Usage: bash bench/gpu_session.sh STEP...   (steps: see case below)
-# Carried with it: dist/ (make gpu-bundle), gpudata/ (photos/: JPEGs of at
-# most 500 px a side; whl/: pytest wheels; test.testbin from
-# build.py --cuda --cuda-tests, stripped) and shared_bench/ (a copy of
-# ../shared/bench, the PyTorch reference).
+# Carried with it (bench/gpu_prepare.sh makes them): dist/ (the bundle),
+# gpudata/ (photos/: JPEGs of at most 500 px a side; whl/: pytest wheels;
+# test.testbin from build.py --cuda --cuda-tests, stripped) and
+# shared_bench/ (a copy of ../shared/bench, the PyTorch reference).
+# Example: run(command="bash bench/gpu_session.sh info pytest gtest ratio e2e",
+#              carry=["dist", "gpudata", "shared_bench"])
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Prepare, on the build machine, what bench/gpu_session.sh needs on a GPU
+# machine that has no internet and no compilers:
+#   dist/deepcontext-gpu.tar.xz   the GPU bundle (make gpu-bundle)
+#   gpudata/test.testbin          Caffe's C++ tests of the CUDA build, stripped
+#   gpudata/photos/               the embedded demo photos, at most 500 px a side
+#   gpudata/whl/                  pytest wheels for the bundle's Python 3.11
+#   shared_bench/                 a copy of ../shared/bench (the PyTorch reference)
+# gpudata/ and shared_bench/ are build outputs: keep them out of git
+# (.git/info/exclude) and name them with dist in the device tool's carry.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+make gpu-bundle
+$PY caffe_ext/build.py --cuda --cuda-tests
+root=$(cat "${DEEPCONTEXT_CACHE:-$HOME/.cache/deepcontext}/caffe-cuda-latest")
+mkdir -p gpudata/photos gpudata/whl
+cp "$root/build/test/test.testbin" gpudata/test.testbin
+strip gpudata/test.testbin
+$PY - <<'EOF'
+import os
+from PIL import Image
+from deepcontext import demo_data
+for i, path in enumerate(demo_data.demo_photos()):
+    out = 'gpudata/photos/%03d.jpg' % i
+    if not os.path.exists(out):
+        im = Image.open(path).convert('RGB')
+        im.thumbnail((500, 500), Image.BILINEAR)
+        im.save(out, quality=92)
+print('gpudata/photos: %d photos' % len(os.listdir('gpudata/photos')))
+EOF
+$PY -m pip download -q --no-deps --only-binary=:all: -d gpudata/whl \
+    pytest==8.2.2 'pluggy>=1.5,<2' iniconfig packaging
+if [ -d ../shared/bench ]; then
+  mkdir -p shared_bench && cp ../shared/bench/*.py shared_bench/
+fi
+for d in gpudata shared_bench; do
+  grep -qx "/$d/" .git/info/exclude 2>/dev/null || echo "/$d/" >> .git/info/exclude
+done
+du -sh dist gpudata shared_bench 2>/dev/null
+echo "carry: dist gpudata shared_bench (64 MiB in all with the working tree)"
