@@ -13,7 +13,6 @@ import tempfile
 
 os.environ.setdefault('GLOG_minloglevel', '2')
 import numpy as np  # noqa: E402
-import caffe  # noqa: E402
 
 from deepcontext import nets, netio, surgery  # noqa: E402
 
@@ -32,31 +31,10 @@ def main():
     n = a.batch
     pairs = np.stack([np.arange(n - 1), np.arange(1, n)], 1)
     labels = np.random.RandomState(4).randint(0, 8, n - 1)
-    tmp = tempfile.mkdtemp()
-    path = nets.write_nets(tmp, batch_size=n, debug_info=False)[0]
-    out = {}
-    weights = None
-    for mode in ('cpu', 'gpu'):
-        getattr(caffe, 'set_mode_' + mode)()
-        net = caffe.Net(path, caffe.TRAIN)
-        if weights is None:
-            weights = {k: [b.data.copy() for b in v]
-                       for k, v in net.params.items()}
-        for k, v in net.params.items():
-            for b, w in zip(v, weights[k]):
-                b.data[...] = w
-        netio.set_inputs(net, data, pairs, labels)
-        net.forward()
-        data_ = {k: v.data.copy() for k, v in net.blobs.items()}
-        for k, v in net.params.items():
-            for b in v:
-                b.diff[...] = 0
-        net.backward()
-        diff_ = {k: v.diff.copy() for k, v in net.blobs.items()}
-        grads = {k: v[0].diff.copy() for k, v in net.params.items()}
-        out[mode] = (data_, diff_, grads)
-        del net
-    (dc, fc, gc), (dg, fg, gg) = out['cpu'], out['gpu']
+    with tempfile.TemporaryDirectory() as tmp:
+        path = nets.write_nets(tmp, batch_size=n, debug_info=False)[0]
+        (dc, fc, gc), (dg, fg, gg) = netio.pass_on_devices(path, data, pairs,
+                                                           labels)
     print('%-20s %10s %10s' % ('blob', 'data', 'diff'))
     for k in dc:
         print('%-20s %10.1e %10.1e' % (k, rel(dg[k], dc[k]), rel(fg[k], fc[k])))

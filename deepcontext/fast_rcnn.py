@@ -25,7 +25,7 @@ reversed (RGB -> BGR, exact), and its weights can be multiplied by an
 """
 import numpy as np
 
-from caffe import layers as L, params as P, NetSpec
+from caffe import layers as L, NetSpec
 from caffe.proto import caffe_pb2
 
 from deepcontext import nets

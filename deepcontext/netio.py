@@ -3,6 +3,7 @@
 The trainer and the tools go through these functions, so how we touch
 Caffe's blobs (and any private pycaffe call) is in one place.
 """
+import caffe
 import numpy as np
 
 
@@ -87,3 +88,37 @@ def forward_layer(net, index):
 def backward_layer(net, index):
     """Backpropagate through layer ``index`` alone."""
     net._backward(index, index)
+
+
+def pass_on_devices(net_path, data, pairs, labels, modes=('cpu', 'gpu')):
+    """One forward and backward pass of a net on each device, same weights.
+
+    The first mode's freshly initialised weights are copied into the
+    others.  Each net is deleted before the mode changes (Caffe's Timer
+    frees CUDA events according to the *current* mode).
+
+    Returns
+    -------
+    list, in the order of ``modes``, of (blob data, blob diffs, first
+    param's gradient per layer), each a dict of name -> array
+    """
+    out, weights = [], None
+    for mode in modes:
+        getattr(caffe, 'set_mode_' + mode)()
+        net = caffe.Net(net_path, caffe.TRAIN)
+        if weights is None:
+            weights = {k: [b.data.copy() for b in v]
+                       for k, v in net.params.items()}
+        for k, v in net.params.items():
+            for b, w in zip(v, weights[k]):
+                b.data[...] = w
+                b.diff[...] = 0
+        set_inputs(net, data, pairs, labels)
+        net.forward()
+        blob_data = {k: v.data.copy() for k, v in net.blobs.items()}
+        net.backward()
+        out.append((blob_data,
+                    {k: v.diff.copy() for k, v in net.blobs.items()},
+                    {k: v[0].diff.copy() for k, v in net.params.items()}))
+        del net
+    return out

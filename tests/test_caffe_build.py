@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import text_format
 
 import caffe
-from caffe import layers as L, params as P
+from caffe import layers as L
 from caffe.proto import caffe_pb2
 
 CAFFE_DIR = os.path.dirname(caffe.__file__)

@@ -157,3 +157,18 @@ def test_engine_caffe_switch(tmp_path):
     caffe.set_mode_cpu()
     net = caffe.Net(path, caffe.TRAIN)
     assert 'conv1' in net.params
+
+
+def test_pass_on_devices_copies_the_weights(tmp_path):
+    """netio.pass_on_devices (the CPU/GPU comparison) on the CPU twice: the
+    second net gets the first one's weights, so every blob is identical."""
+    path = nets.write_nets(str(tmp_path), batch_size=8, debug_info=False)[0]
+    rs = np.random.RandomState(0)
+    data = (rs.standard_normal((8, 3, 96, 96)) * 50).astype(np.float32)
+    pairs = np.stack([np.arange(7), np.arange(1, 8)], 1)
+    (d1, f1, g1), (d2, f2, g2) = netio.pass_on_devices(
+        path, data, pairs, rs.randint(0, 8, 7), modes=('cpu', 'cpu'))
+    assert np.abs(g1['conv1']).max() > 0
+    for first, second in ((d1, d2), (f1, f2), (g1, g2)):
+        for k in first:
+            np.testing.assert_array_equal(first[k], second[k])
