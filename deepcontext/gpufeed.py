@@ -16,7 +16,6 @@ loaded, so the same context), and the blob's device pointer through
 the usual way (netio.set_pairs).
 """
 import ctypes
-import time
 
 from deepcontext import netio
 
@@ -58,23 +57,23 @@ def load_cudart():
 
 
 class GpuFeed:
-    """Double-buffered input feed for one net and one BatchLoader.
+    """Double-buffered input feed from one BatchLoader into one net.
 
     Use per step::
 
-        batch = feed.next(loader)   # batch k into the net, k+1 on its way
+        batch = feed.next()   # batch k into the net, k+1 on its way
         solver.step(1)
 
-    ``next`` returns the batch now in the net (its pairs and labels are
-    valid; its pixel buffer is already back with the loader) and the
-    seconds it waited for the loader.
+    ``next`` returns the batch now in the net: its pairs and labels are
+    valid; its pixel buffer is already back with the loader.
     """
 
-    def __init__(self, net, max_patches, cudart=None):
+    def __init__(self, net, loader, max_patches, cudart=None):
         self.rt = cudart or load_cudart()
         if self.rt is None:
             raise CudaError('libcudart not found')
         self.net = net
+        self.loader = loader
         self.nbytes = max_patches * 3 * 96 * 96 * 4
         self.staging = ctypes.c_void_p()
         self._check(self.rt.cudaMalloc(ctypes.byref(self.staging),
@@ -84,8 +83,8 @@ class GpuFeed:
             ctypes.byref(self.stream), _STREAM_NON_BLOCKING), 'stream')
         self.copied = self._event()     # staging holds the next batch
         self.consumed = self._event()   # staging may be overwritten
-        self.registered = {}            # host address -> bytes
-        self.pending = None             # (loader, batch) staged, not used
+        self.registered = set()         # host addresses page-locked
+        self.pending = None             # the batch staged, not yet used
 
     def _check(self, rc, what):
         if rc != 0:
@@ -104,16 +103,16 @@ class GpuFeed:
         if addr not in self.registered:
             self._check(self.rt.cudaHostRegister(addr, buf.nbytes, 0),
                         'cudaHostRegister')
-            self.registered[addr] = buf.nbytes
+            self.registered.add(addr)
 
-    def _stage(self, loader, timeout):
+    def _stage(self, timeout):
         """Take the next loader batch and start copying it to the GPU."""
-        batch = loader.get(timeout)
+        batch = self.loader.get(timeout)
         data = batch.data
         if data.nbytes > self.nbytes:
             raise ValueError('batch of %d patches exceeds the feed'
                              % data.shape[0])
-        self._pin(loader.buffers[batch.worker][batch.slot])
+        self._pin(self.loader.buffers[batch.worker][batch.slot])
         rt = self.rt
         self._check(rt.cudaStreamWaitEvent(self.stream, self.consumed, 0),
                     'wait')
@@ -122,19 +121,13 @@ class GpuFeed:
                                        data.nbytes, _H2D, self.stream),
                     'cudaMemcpyAsync H2D')
         self._check(rt.cudaEventRecord(self.copied, self.stream), 'record')
-        self.pending = (loader, batch)
+        self.pending = batch
 
-    def next(self, loader, timeout=600.0):
-        """Put the staged batch into the net and stage the one after it.
-
-        Returns (batch, seconds spent waiting for the loader).
-        """
-        waited = 0.0
+    def next(self, timeout=600.0):
+        """Put the staged batch into the net and stage the one after it."""
         if self.pending is None:                 # first step
-            t0 = time.time()
-            self._stage(loader, timeout)
-            waited += time.time() - t0
-        src_loader, batch = self.pending
+            self._stage(timeout)
+        batch = self.pending
         rt = self.rt
         dst = netio.reshape_data_on_gpu(self.net, batch.data.shape)
         self._check(rt.cudaStreamWaitEvent(_DEFAULT_STREAM, self.copied, 0),
@@ -147,12 +140,10 @@ class GpuFeed:
         netio.set_pairs(self.net, batch.pairs, batch.labels)
         # the upload from the loader's buffer is done: give it back
         self._check(rt.cudaEventSynchronize(self.copied), 'sync')
-        src_loader.release(batch)
+        self.loader.release(batch)
         self.pending = None
-        t0 = time.time()
-        self._stage(loader, timeout)
-        waited += time.time() - t0
-        return batch, waited
+        self._stage(timeout)
+        return batch
 
     def close(self):
         """Finish copies, return a staged batch, unpin, free.  Idempotent."""
@@ -161,15 +152,14 @@ class GpuFeed:
             return
         rt.cudaStreamSynchronize(self.stream)
         if self.pending is not None:
-            loader, batch = self.pending
-            self.pending = None
+            batch, self.pending = self.pending, None
             try:
-                loader.release(batch)
-            except Exception:  # noqa: BLE001 - the loader may be closed
+                self.loader.release(batch)
+            except ValueError:   # the loader closed first: its queues are shut
                 pass
         for addr in self.registered:
             rt.cudaHostUnregister(addr)
-        self.registered = {}
+        self.registered = set()
         rt.cudaEventDestroy(self.copied)
         rt.cudaEventDestroy(self.consumed)
         rt.cudaStreamDestroy(self.stream)

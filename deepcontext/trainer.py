@@ -246,8 +246,9 @@ class Trainer:
     def _start_feed(self):
         """GPU runs: batches go to the GPU while the previous step runs."""
         try:
-            self.feed = dc_gpufeed.GpuFeed(self.solver.net, self.cfg.batch_size)
-        except (dc_gpufeed.CudaError, AttributeError) as e:
+            self.feed = dc_gpufeed.GpuFeed(self.solver.net, self.loader,
+                                           self.cfg.batch_size)
+        except dc_gpufeed.CudaError as e:
             runlog.log('inputs go through host memory (no GPU feed: %s)' % e,
                        level='W')
             self.feed = None
@@ -269,7 +270,7 @@ class Trainer:
                                       self.solver.iter + 1)
         t0 = time.time()
         if self.feed is not None:
-            batch, _ = self.feed.next(self.loader)
+            batch = self.feed.next()
         else:
             batch = self.loader.get()
             netio.set_inputs(self.solver.net, batch.data, batch.pairs,

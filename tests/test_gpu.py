@@ -167,10 +167,10 @@ def test_feed_delivers_the_loader_bytes(tmp_path, patches):
         batches.append((patches[:n] * rs.uniform(.5, 2), pairs,
                         rs.randint(0, 8, n - 1)))
     loader = FakeLoader(batches)
-    feed = gpufeed.GpuFeed(net, 64)
+    feed = gpufeed.GpuFeed(net, loader, 64)
     try:
         for k in range(5):
-            batch, _ = feed.next(loader)
+            feed.next()
             data, pairs, labels = batches[k % 3]
             got = net.blobs['data'].data      # device -> host copy
             assert got.shape == data.shape
@@ -184,7 +184,7 @@ def test_feed_delivers_the_loader_bytes(tmp_path, patches):
     finally:
         feed.close()
     assert loader.released == [0, 1, 2, 0, 1, 2]
-    assert feed.registered == {}
+    assert feed.registered == set()
 
 
 def test_gpu_pass_matches_cpu(tmp_path, patches):
