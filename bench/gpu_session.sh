@@ -15,10 +15,15 @@ B=/tmp/dcb
 if [ ! -x $B/deepcontext-gpu/bin/python ]; then
   mkdir -p $B && tar xJf dist/deepcontext-gpu.tar.xz -C $B || exit 1
 fi
-PY=$B/deepcontext-gpu/bin/python
 export PYTHONUNBUFFERED=1
-run() { echo "+ $*"; "$@"; }
 cpy() { ( source $B/deepcontext-gpu/env.sh; export PYTHONPATH=${PYTHONPATH_PRE:+$PYTHONPATH_PRE:}$PWD:$PYTHONPATH; "$B/deepcontext-gpu/python/bin/python3.11" "$@" ); }
+# pytest for the bundle's Python, from the carried wheels, on tests/test_gpu.py
+gpu_pytest() {
+  mkdir -p /tmp/site && for w in gpudata/whl/*.whl; do
+    python3 -c "import zipfile,sys; zipfile.ZipFile(sys.argv[1]).extractall('/tmp/site')" $w; done
+  DEEPCONTEXT_TEST_IMAGES=$PWD/gpudata/photos PYTHONPATH_PRE=/tmp/site \
+    cpy -m pytest -p no:cacheprovider tests/test_gpu.py "$@"
+}
 # the layers and pieces the patch network and Fast R-CNN export use (the
 # CUDA build has no HDF5, which Caffe's solver tests read their data from)
 GTEST_LAYERS=${GTEST_LAYERS:-'*Convolution*:*CuDNN*:*Pooling*:*LRN*:*BatchNorm*:*BatchReindex*:*InnerProduct*:*Concat*:*Softmax*:*Split*:*DummyData*:*ROIPooling*:*SmoothL1*:*SyncedMemory*:*MathFunctions*:*Im2col*:*Filler*:*Neuron*:-*HDF5*:*Deconvolution*'}
@@ -30,7 +35,6 @@ for step in "$@"; do
     base) cpy bench/gpu_step.py --label find --layers ;;
     heur) CAFFE_CUDNN_FIND=0 cpy bench/gpu_step.py --label heuristic ;;
     nodbg) cpy bench/gpu_step.py --label find-nodbg --no-debug-info ;;
-    ws1g) CAFFE_CUDNN_WORKSPACE_MB=1024 cpy bench/gpu_step.py --label find-ws1g ;;
     ws4g) CAFFE_CUDNN_WORKSPACE_MB=4096 cpy bench/gpu_step.py --label find-ws4g --layers ;;
     algos) for ws in 256 4096; do for t in 0 1; do
         GLOG_minloglevel=0 CAFFE_TF32=$t CAFFE_CUDNN_WORKSPACE_MB=$ws cpy bench/gpu_step.py --iters 3 --warmup 1 2>&1 | grep -E "cuDNN algorithms|caffe-step" | sed "s/^.*\] //;s/^/ws=$ws tf32=$t /"; done; done ;;
@@ -44,17 +48,11 @@ for step in "$@"; do
           --gtest_filter="$GTEST_LAYERS" > $OUT/gtest.log 2>&1
         echo "exit $?"; grep -c "^\[       OK \]" $OUT/gtest.log
         grep -E "^\[  (PASSED|FAILED) |^\[  FAILED|tests ran" $OUT/gtest.log | head -20 ) ;;
-    pytest1) # one GPU test, uncaptured (glog's messages visible)
-      mkdir -p /tmp/site && for w in gpudata/whl/*.whl; do
-        python3 -c "import zipfile,sys; zipfile.ZipFile(sys.argv[1]).extractall('/tmp/site')" $w; done
-      DEEPCONTEXT_TEST_IMAGES=$PWD/gpudata/photos PYTHONPATH_PRE=/tmp/site GLOG_minloglevel=1 \
-        cpy -m pytest -x -s -p no:cacheprovider tests/test_gpu.py -k "${PYTEST_K:-step}" > $OUT/pytest1.log 2>&1
+    pytest1) # GPU tests matching PYTEST_K, uncaptured (glog's messages visible)
+      GLOG_minloglevel=1 gpu_pytest -x -s -k "${PYTEST_K:-pass}" > $OUT/pytest1.log 2>&1
       grep -E "^F2026|Check failed|passed|failed|assert" $OUT/pytest1.log | head -20 ;;
     pytest) # our GPU tests (tests/test_gpu.py) with the bundle's Python
-      mkdir -p /tmp/site && for w in gpudata/whl/*.whl; do
-        python3 -c "import zipfile,sys; zipfile.ZipFile(sys.argv[1]).extractall('/tmp/site')" $w; done
-      DEEPCONTEXT_TEST_IMAGES=$PWD/gpudata/photos PYTHONPATH_PRE=/tmp/site \
-        cpy -m pytest -v -x -p no:cacheprovider tests/test_gpu.py > $OUT/pytest.log 2>&1
+      gpu_pytest -v -x > $OUT/pytest.log 2>&1
       grep -E "PASS|FAIL|ERROR|passed|failed|Check failed|^F[0-9]|Error|error" $OUT/pytest.log | head -30 ;;
     compare) cpy bench/gpu_compare.py ;;
     ratio) # solver throughput against the PyTorch reference, same GPU, now

@@ -14,7 +14,6 @@ CAFFE_TF32=1, CAFFE_CUDNN_FIND=0/1, CAFFE_CUDNN_WORKSPACE_MB=N (here 1024
 unless set, as in training).
 """
 import argparse
-import ctypes
 import os
 import random
 import statistics
@@ -27,19 +26,11 @@ os.environ.setdefault('CAFFE_CUDNN_WORKSPACE_MB', '1024')
 import numpy as np  # noqa: E402
 import caffe  # noqa: E402
 
-from deepcontext import netio, nets, preprocess, sampling, solver  # noqa
+from deepcontext import (gpufeed, netio, nets, preprocess, sampling,  # noqa
+                         solver)
 
 
-def _cudart():
-    for name in ('libcudart.so.13', 'libcudart.so'):
-        try:
-            return ctypes.CDLL(name)
-        except OSError:
-            pass
-    raise SystemExit('libcudart not found: is this the CUDA build?')
-
-
-CUDART = None
+CUDART = gpufeed.load_cudart()   # the runtime libcaffe uses
 
 
 def sync():
@@ -117,7 +108,6 @@ def layer_times(net, reps=10):
 
 
 def main():
-    global CUDART
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--batch-size', type=int, default=sampling.BATCH_SIZE)
     p.add_argument('--iters', type=int, default=100)
@@ -132,7 +122,8 @@ def main():
     p.add_argument('--label', default='',
                    help='name printed with the result line')
     a = p.parse_args()
-    CUDART = _cudart()
+    if CUDART is None:
+        raise SystemExit('libcudart not found: is this the CUDA build?')
     caffe.set_device(a.gpu)
     caffe.set_mode_gpu()
     data, pairs, labels = synthetic_batch(a.batch_size, seed=0)

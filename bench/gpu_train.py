@@ -11,22 +11,19 @@ iterations against ln 8 = 2.079.
         [--tf32] [--out DIR]
 """
 import argparse
+import contextlib
 import math
 import os
-import re
-import statistics
 import tempfile
 import time
 
+import numpy as np
+
 os.environ.setdefault('GLOG_minloglevel', '2')  # before caffe loads glog
-from deepcontext import config, trainer  # noqa: E402
-
-LINE = re.compile(r'Iteration (\d+), norm_loss = ([-\d.naif]+), pairs = \d+, '
-                  r'patches = (\d+), queue = \d+, data_time = ([\d.]+) s, '
-                  r'step_time = ([\d.]+) s')
+from deepcontext import config, logparse, trainer  # noqa: E402
 
 
-def main():
+def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--images', required=True)
     p.add_argument('--iters', type=int, default=600)
@@ -39,8 +36,11 @@ def main():
     p.add_argument('--batch-size', type=int, default=512)
     p.add_argument('--out', default=None,
                    help='output folder (default: a temporary one, removed)')
-    a = p.parse_args()
-    out = a.out or tempfile.mkdtemp(prefix='dc-gpu-train-')
+    return p.parse_args()
+
+
+def train(a, out):
+    """Run the trainer into ``out``; return (state, setup s, run s, log)."""
     cfg = config.resolve(dict(out_dir=out, images=a.images,
                               gpu=a.gpu if a.gpu >= 0 else None,
                               batch_size=a.batch_size,
@@ -57,32 +57,30 @@ def main():
     finally:
         tr.close()
     wall = time.time() - t0
-    rows = []
-    with open(os.path.join(tr.outdir, 'out.log')) as f:
-        for line in f:
-            m = LINE.search(line)
-            if m:
-                rows.append((int(m.group(1)), float(m.group(2)),
-                             int(m.group(3)), float(m.group(4)),
-                             float(m.group(5))))
-    body = [r for r in rows if r[0] >= a.warmup]
-    patches = sum(r[2] for r in body)
-    total = sum(r[4] for r in body)
-    data = sum(r[3] for r in body)
-    last = [r[1] for r in rows[-100:]]
+    return (state, t_setup, wall,
+            logparse.parse_out_log(os.path.join(tr.outdir, 'out.log')))
+
+
+def main():
+    a = parse_args()
+    with contextlib.ExitStack() as stack:
+        out = a.out or stack.enter_context(
+            tempfile.TemporaryDirectory(prefix='dc-gpu-train-'))
+        state, t_setup, wall, log = train(a, out)
+    body = log['iteration'] >= a.warmup
+    patches = log['patches'][body].sum()
+    total = log['step_time'][body].sum()
+    data = log['data_time'][body].sum()
+    loss = log['norm_loss']
     print('gpu-train workers=%d tf32=%s debug_info=%s iters=%d (%s) '
           'setup_s=%.1f wall_s=%.0f' % (a.workers, a.tf32,
-                                        not a.no_debug_info, len(rows),
+                                        not a.no_debug_info, len(loss),
                                         state, t_setup, wall))
     print('  patches_per_s=%.0f step_ms=%.2f (median %.2f) data_wait=%.1f%% '
           'norm_loss_last100=%.4f (ln 8 = %.4f) first10=%.4f'
-          % (patches / total, 1e3 * total / len(body),
-             1e3 * statistics.median(r[4] for r in body), 100 * data / total,
-             statistics.mean(last), math.log(8),
-             statistics.mean(r[1] for r in rows[:10])))
-    if a.out is None:
-        import shutil
-        shutil.rmtree(out, ignore_errors=True)
+          % (patches / total, 1e3 * total / body.sum(),
+             1e3 * np.median(log['step_time'][body]), 100 * data / total,
+             loss[-100:].mean(), math.log(8), loss[:10].mean()))
 
 
 if __name__ == '__main__':

@@ -86,29 +86,11 @@ def images_per_second(image_set, workers):
             count / sum(r[2] for r in results))
 
 
-def cpu_seconds(pid):
-    """User + system CPU seconds of a process so far (Linux /proc)."""
-    with open('/proc/%d/stat' % pid) as f:
-        fields = f.read().rsplit(')', 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
-
-
 def patches_per_second(image_set, workers, batches, batch_size):
     """(patches/s, patches per worker CPU-second) of a BatchLoader."""
-    seeds = [1000 + i for i in range(workers)]
-    with loader.BatchLoader(image_set, seeds, batch_size, queue_size=2,
-                            log=lambda m: None) as ld:
-        for _ in range(workers):          # warm-up: every worker once
-            ld.release(ld.get())
-        t0, patches = time.time(), 0
-        c0 = sum(cpu_seconds(p.pid) for p in ld.procs)
-        for _ in range(batches):
-            b = ld.get()
-            patches += b.data.shape[0]
-            ld.release(b)
-        wall = time.time() - t0
-        cpu = sum(cpu_seconds(p.pid) for p in ld.procs) - c0
-        return patches / wall, patches / cpu
+    patches, wall, cpu = loader.measure_throughput(image_set, workers,
+                                                   batches, batch_size)
+    return patches / wall, patches / cpu
 
 
 def parse_args(argv=None):

@@ -10,25 +10,8 @@ the GPU issue's solver throughput).
 """
 import argparse
 import os
-import time
 
 from deepcontext import demo_data, images, loader
-
-
-def measure(image_set, workers, batches, batch_size):
-    seeds = [1000 + i for i in range(workers)]
-    with loader.BatchLoader(image_set, seeds, batch_size, queue_size=2,
-                            log=lambda m: None) as ld:
-        for _ in range(workers):          # warm-up: every worker once
-            ld.release(ld.get())
-        t0 = time.time()
-        patches = 0
-        for _ in range(batches):
-            b = ld.get()
-            patches += b.data.shape[0]
-            ld.release(b)
-        dt = time.time() - t0
-    return patches, dt
 
 
 def main():
@@ -46,7 +29,8 @@ def main():
           '%d cores' % (len(image_set), args.images or 'embedded',
                         args.batch_size, os.cpu_count()))
     for w in args.workers:
-        n, dt = measure(image_set, w, args.batches, args.batch_size)
+        n, dt, _ = loader.measure_throughput(image_set, w, args.batches,
+                                             args.batch_size)
         print('workers %2d: %6.1f patches/s total, %6.1f patches/s per '
               'worker, %.2f s per batch' % (w, n / dt, n / dt / w,
                                              dt / args.batches))
