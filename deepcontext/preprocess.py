@@ -52,7 +52,7 @@ def _taps(n_in, n_out):
     w0 = np.where((x0 >= 0) & (x0 < n_in), 1 - f, 0.0)
     w1 = np.where((x1 >= 0) & (x1 < n_in), f, 0.0)
     taps = ((np.clip(x0, 0, n_in - 1), w0), (np.clip(x1, 0, n_in - 1), w1))
-    for a in (x0, w0, x1, w1) + taps[0] + taps[1]:
+    for a in taps[0] + taps[1]:
         a.flags.writeable = False   # cached: shared by every caller
     return taps
 
