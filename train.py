@@ -42,8 +42,9 @@ def _parse_args():
 
 if 'trainer' not in globals():
     from deepcontext import config as dc_config
-    from deepcontext.loader import LoaderError
-    from deepcontext.trainer import Trainer, QUIT, DONE, STOPPED
+    from deepcontext.data.loader import LoaderError
+    from deepcontext.train.trainer import (Trainer, QUIT, MAX_ITER,
+                                           DISK_FULL)
     _args = _parse_args()
     _over = {k: v for k, v in (('max_iter', _args.max_iter),
                                ('resume', _args.resume)) if v is not None}
@@ -59,11 +60,11 @@ try:
 except LoaderError as _e:
     # the loaders are closed already; say what happened, without a traceback
     sys.exit('deepcontext: %s' % _e)
-if _state in (QUIT, DONE, STOPPED):
+if _state in (QUIT, MAX_ITER, DISK_FULL):
     # The original killed its own process on quit; a clean exit here, also
     # out of IPython, so the loaders and the tee are certainly gone.
-    # STOPPED: a snapshot could not be written (disk full): exit status 1.
+    # DISK_FULL: a snapshot could not be written (disk full): exit status 1.
     sys.stdout.flush()
     sys.stderr.flush()
     _sig = trainer.signal_received
-    os._exit(128 + _sig if _sig else 1 if _state == STOPPED else 0)
+    os._exit(128 + _sig if _sig else 1 if _state == DISK_FULL else 0)

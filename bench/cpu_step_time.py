@@ -13,9 +13,8 @@ import time
 os.environ.setdefault('GLOG_minloglevel', '2')  # before caffe loads glog
 import caffe  # noqa: E402
 
-from deepcontext import demo_data, images, loader, nets, netio, solver
-
-
+from deepcontext.data import loader, photos, sources
+from deepcontext.model import nets, pycaffe, solver
 def measure(image_set, batch_size, steps):
     with tempfile.TemporaryDirectory() as tmp:
         nets.write_nets(tmp, batch_size)
@@ -28,7 +27,7 @@ def measure(image_set, batch_size, steps):
                                 log=lambda m: None) as ld:
             for i in range(steps + 1):
                 b = ld.get()
-                netio.set_inputs(s.net, b.data, b.pairs, b.labels)
+                pycaffe.set_inputs(s.net, b.data, b.pairs, b.labels)
                 ld.release(b)
                 t0 = time.time()
                 s.step(1)
@@ -43,7 +42,7 @@ def main():
     p.add_argument('--batch-sizes', type=int, nargs='+', default=[128, 512])
     p.add_argument('--steps', type=int, default=3)
     args = p.parse_args()
-    image_set = images.open_image_source(demo_data.test_photos())
+    image_set = sources.open_image_source(photos.test_photos())
     print('CPU solver step, %d cores' % os.cpu_count())
     for bs in args.batch_sizes:
         dt, rate = measure(image_set, bs, args.steps)

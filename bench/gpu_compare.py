@@ -14,7 +14,8 @@ import tempfile
 os.environ.setdefault('GLOG_minloglevel', '2')
 import numpy as np  # noqa: E402
 
-from deepcontext import nets, netio, surgery  # noqa: E402
+from deepcontext.data import batches  # noqa: E402
+from deepcontext.model import nets, pycaffe  # noqa: E402
 
 
 def rel(a, b):
@@ -27,13 +28,13 @@ def main():
     p.add_argument('--images', default='gpudata/photos')
     a = p.parse_args()
     paths = sorted(glob.glob(os.path.join(a.images, '*.jpg')))[:12]
-    data = surgery.real_patches(paths, a.batch, seed=3)
+    data = batches.real_patches(paths, a.batch, seed=3)
     n = a.batch
     pairs = np.stack([np.arange(n - 1), np.arange(1, n)], 1)
     labels = np.random.RandomState(4).randint(0, 8, n - 1)
     with tempfile.TemporaryDirectory() as tmp:
         path = nets.write_nets(tmp, batch_size=n, debug_info=False)[0]
-        (dc, fc, gc), (dg, fg, gg) = netio.pass_on_devices(path, data, pairs,
+        (dc, fc, gc), (dg, fg, gg) = pycaffe.pass_on_devices(path, data, pairs,
                                                            labels)
     print('%-20s %10s %10s' % ('blob', 'data', 'diff'))
     for k in dc:

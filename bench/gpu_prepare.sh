@@ -20,8 +20,8 @@ strip gpudata/test.testbin
 $PY - <<'EOF'
 import os
 from PIL import Image
-from deepcontext import demo_data
-for i, path in enumerate(demo_data.demo_photos()):
+from deepcontext.data import photos
+for i, path in enumerate(photos.demo_photos()):
     out = 'gpudata/photos/%03d.jpg' % i
     if not os.path.exists(out):
         im = Image.open(path).convert('RGB')

@@ -26,8 +26,9 @@ os.environ.setdefault('CAFFE_CUDNN_WORKSPACE_MB', '1024')
 import numpy as np  # noqa: E402
 import caffe  # noqa: E402
 
-from deepcontext import (gpufeed, netio, nets, preprocess, sampling,  # noqa
-                         solver)
+from deepcontext.data import preprocess, sampling  # noqa: E402
+from deepcontext.model import nets, pycaffe, solver  # noqa: E402
+from deepcontext.train import gpufeed  # noqa: E402
 
 
 CUDART = gpufeed.load_cudart()   # the runtime libcaffe uses
@@ -87,20 +88,20 @@ def time_steps(s, iters, warmup, chunk=10):
 
 def layer_times(net, reps=10):
     """Median forward and backward ms per layer, each timed alone."""
-    names = netio.layer_names(net)
+    names = pycaffe.layer_names(net)
     fwd = {n: [] for n in names}
     bwd = {n: [] for n in names}
     for _ in range(reps):
         for i, name in enumerate(names):
             sync()
             t0 = time.perf_counter()
-            netio.forward_layer(net, i)
+            pycaffe.forward_layer(net, i)
             sync()
             fwd[name].append(time.perf_counter() - t0)
         for i in reversed(range(len(names))):
             sync()
             t0 = time.perf_counter()
-            netio.backward_layer(net, i)
+            pycaffe.backward_layer(net, i)
             sync()
             bwd[names[i]].append(time.perf_counter() - t0)
     return [(n, 1e3 * statistics.median(fwd[n]),
@@ -131,10 +132,10 @@ def main():
         t0 = time.perf_counter()
         s = make_solver(tmp, a.batch_size, not a.no_debug_info,
                         'CAFFE' if a.caffe_engine else None)
-        netio.set_inputs(s.net, data, pairs, labels)
+        pycaffe.set_inputs(s.net, data, pairs, labels)
         t_setup = time.perf_counter() - t0
         times = time_steps(s, a.iters, a.warmup)
-        loss = netio.loss(s.net) / len(labels)
+        loss = pycaffe.loss(s.net) / len(labels)
         if a.layers:
             rows = layer_times(s.net)
     ms = 1e3 * statistics.median(times)

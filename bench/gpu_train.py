@@ -20,7 +20,9 @@ import time
 import numpy as np
 
 os.environ.setdefault('GLOG_minloglevel', '2')  # before caffe loads glog
-from deepcontext import config, logparse, trainer  # noqa: E402
+from deepcontext import config  # noqa: E402
+from deepcontext.eval import logparse  # noqa: E402
+from deepcontext.train import trainer  # noqa: E402
 
 
 def parse_args():

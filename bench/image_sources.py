@@ -34,8 +34,8 @@ import time
 
 import numpy as np
 
-from deepcontext import (demo_data, images, lmdb_source, loader,
-                         preprocess)
+from deepcontext.data import (lmdb_source, loader, photos, preprocess,
+                              sources)
 
 
 def decode_times(image_sets, targets, repeat):
@@ -109,9 +109,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    files = images.open_image_source(demo_data.demo_photos())
+    files = sources.open_image_source(photos.demo_photos())
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-        sources = [('files', demo_data.demo_photos())]
+        kinds = [('files', photos.demo_photos())]
         for form in ('encoded', 'raw'):
             db = os.path.join(tmp, form)
             t0 = time.time()
@@ -120,10 +120,10 @@ def main(argv=None):
             size = os.path.getsize(os.path.join(db, 'data.mdb'))
             print('packed %d embedded photos into an %s LMDB: %.0f MB in '
                   '%.1f s' % (len(files), form, size / 1e6, time.time() - t0))
-            sources.append(('LMDB ' + form, db))
+            kinds.append(('LMDB ' + form, db))
         rng = random.Random(0)
         targets = [rng.randint(*preprocess.TARGET_PIXELS) for _ in files]
-        configs = [(label, spec, draft) for label, spec in sources
+        configs = [(label, spec, draft) for label, spec in kinds
                    # Raw records are pixels: draft mode has nothing to do.
                    for draft in ((False,) if 'raw' in label else
                                  (False, True))]
@@ -131,7 +131,7 @@ def main(argv=None):
               % args.repeat)
         print('%-12s %-5s %8s %15s %13s' % ('source', 'draft', 'decode',
                                             'decode+resize', 'images/s'))
-        times = decode_times([images.open_image_source(spec, draft=draft)
+        times = decode_times([sources.open_image_source(spec, draft=draft)
                               for _, spec, draft in configs], targets,
                              args.repeat)
         for (label, _, draft), (dec, tot) in zip(configs, times):
@@ -144,7 +144,7 @@ def main(argv=None):
             'source', 'draft', 'workers', 'images/s', 'images/cpu-s',
             'patches/s', 'patches/cpu-s'))
         for label, spec, draft in configs:
-            image_set = images.open_image_source(spec, draft=draft)
+            image_set = sources.open_image_source(spec, draft=draft)
             for w in args.workers:
                 ims = images_per_second(image_set, w)
                 pps = patches_per_second(image_set, w, args.batches,

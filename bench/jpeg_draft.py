@@ -8,7 +8,7 @@ compares the resized images: mean and standard deviation of the pixels, and
 sharpness as the mean absolute difference of neighbouring pixels (0..255
 units).  Draft mode with a margin m decodes at the smallest DCT scale that
 keeps the image at least m times the target on both sides; the library uses
-m = images.DRAFT_MARGIN (2).  Margin 1 is emulated by asking for a quarter
+m = decode.DRAFT_MARGIN (2).  Margin 1 is emulated by asking for a quarter
 of the pixels (half the sides) with the library's margin 2.
 
     .venv/bin/python bench/jpeg_draft.py
@@ -19,8 +19,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from deepcontext import demo_data, images, preprocess
-
+from deepcontext.data import decode, photos, preprocess
 TARGETS = (150000, 300000, 450000)
 
 
@@ -33,7 +32,7 @@ def sharpness(im):
 def stats(path, target, draft_pixels):
     """(seconds to decode and resize, scale drafted, mean, std, sharpness)."""
     t0 = time.perf_counter()
-    im = images.load_rgb(path, draft_pixels=draft_pixels)
+    im = decode.load_rgb(path, draft_pixels=draft_pixels)
     out = preprocess.resize_to_pixels(im, target)
     dt = time.perf_counter() - t0
     with Image.open(path) as img:
@@ -51,7 +50,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     paths = []
-    for p in demo_data.demo_photos():
+    for p in photos.demo_photos():
         with Image.open(p) as img:
             if img.format == 'JPEG':
                 paths.append(p)

@@ -11,9 +11,7 @@ the GPU issue's solver throughput).
 import argparse
 import os
 
-from deepcontext import demo_data, images, loader
-
-
+from deepcontext.data import loader, photos, sources
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--workers', type=int, nargs='+',
@@ -23,8 +21,8 @@ def main():
     p.add_argument('--images', default=None,
                    help='image source (default: the embedded photos)')
     args = p.parse_args()
-    image_set = images.open_image_source(args.images or
-                                         demo_data.demo_photos())
+    image_set = sources.open_image_source(args.images or
+                                         photos.demo_photos())
     print('loader throughput, %d photos (%s), batch < %d patches, '
           '%d cores' % (len(image_set), args.images or 'embedded',
                         args.batch_size, os.cpu_count()))

@@ -25,10 +25,9 @@ import sys
 import tempfile
 import time
 
-from deepcontext import snapshots
-
+from deepcontext.train import snapshots
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = '''from deepcontext import demo_data as _d
+CONFIG = '''from deepcontext.data import photos as _d
 images = _d.test_photos()
 out_dir = %(out)r
 batch_size = 48

@@ -10,22 +10,23 @@ uses demo_out/deepcontext_config.py.
 """
 import argparse
 import os
-import re
 import subprocess
 import sys
 
 from deepcontext import config as dc_config
-from deepcontext import trainer as dc_trainer
+from deepcontext.data.sampling import CHANCE_LOSS
+from deepcontext.eval import logparse
+from deepcontext.train import snapshots, trainer
 
 MARKER = '# deepcontext demo configuration'
 DEMO_CONFIG = MARKER + '''
 # Written by `make demo` (deepcontext/demo.py).  Edit freely; see
 # deepcontext_config.py.example for the keys, deepcontext/config.py for all.
-from deepcontext import demo_data as _demo_data
+from deepcontext.data import photos as _photos
 
 out_dir = 'demo_out'
 # The embedded photos (installed from PyPI with the requirements).
-images = _demo_data.demo_photos()
+images = _photos.demo_photos()
 # Small batches, frequent snapshots: the demo runs on a 2-core CPU.
 batch_size = %(batch_size)d
 loader_workers = 2
@@ -36,16 +37,39 @@ resume = 'yes'
 '''
 
 
+# How demo configs written before the package was split named the photos.
+_OLD_IMPORT = ('from deepcontext import demo_data as _demo_data',
+               '_demo_data.demo_photos()')
+_NEW_IMPORT = ('from deepcontext.data import photos as _photos',
+               '_photos.demo_photos()')
+
+
+def _update_demo_config(path):
+    """Rewrite the old module names in a demo config the demo wrote."""
+    with open(path) as f:
+        text = f.read()
+    if _OLD_IMPORT[0] in text:
+        for old, new in zip(_OLD_IMPORT, _NEW_IMPORT):
+            text = text.replace(old, new)
+        with open(path, 'w') as f:
+            f.write(text)
+        print('updated %s: deepcontext.demo_data is now '
+              'deepcontext.data.photos' % path)
+
+
 def choose_config(root, settings):
     """Path of the config the demo trains with (written when needed)."""
     path = os.path.join(root, 'deepcontext_config.py')
     if os.path.isfile(path):
         with open(path) as f:
             if f.readline().startswith(MARKER):
+                _update_demo_config(path)
                 return path
         path = os.path.join(root, 'demo_out', 'deepcontext_config.py')
         print('deepcontext_config.py is your own: the demo uses %s' % path)
-    if not os.path.isfile(path):
+    if os.path.isfile(path):
+        _update_demo_config(path)
+    else:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, 'w') as f:
             f.write(DEMO_CONFIG % settings)
@@ -53,26 +77,19 @@ def choose_config(root, settings):
     return path
 
 
-def summarize(outdir, chance=2.0794):
+def summarize(outdir):
     """Print the loss at the start and end of the run; return (first, last)."""
-    losses = []
-    with open(os.path.join(outdir, 'out.log'), errors='replace') as f:
-        for line in f:
-            m = re.search(r'Iteration (\d+), norm_loss = ([-\d.eE+naif]+)',
-                          line)
-            if m:
-                losses.append((int(m.group(1)), float(m.group(2))))
-    if not losses:
+    losses = logparse.parse_out_log(os.path.join(outdir, 'out.log'))
+    iters, loss = losses['iteration'], losses['norm_loss']
+    if not len(loss):
         print('no training steps in the log')
         return None
-    k = max(1, min(10, len(losses) // 4))
-    first = sum(l for _, l in losses[:k]) / k
-    last = sum(l for _, l in losses[-k:]) / k
+    k = max(1, min(10, len(loss) // 4))
+    first, last = float(loss[:k].mean()), float(loss[-k:].mean())
     print('norm_loss (mean of %d steps): %.4f at iterations %d-%d -> %.4f at '
-          '%d-%d (chance: ln 8 = %.4f)' % (k, first, losses[0][0],
-                                           losses[k - 1][0], last,
-                                           losses[-k][0], losses[-1][0],
-                                           chance))
+          '%d-%d (chance: ln 8 = %.4f)' % (k, first, iters[0], iters[k - 1],
+                                           last, iters[-k], iters[-1],
+                                           CHANCE_LOSS))
     return first, last
 
 
@@ -92,8 +109,8 @@ def main():
                                     'snapshot_every': args.snapshot_every})
     cfg = dc_config.load(cfg_path)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    outdir = os.path.join(os.path.abspath(cfg.out_dir), 'train_out')
-    done = dc_trainer.snapshot_pairs(outdir) if os.path.isdir(outdir) else []
+    outdir = trainer.output_dir(cfg)
+    done = snapshots.complete(outdir)
     start = done[-1] if done else 0
     target = start + args.iters
     print('training iterations %d..%d on the CPU (loss per step below; '
@@ -107,7 +124,7 @@ def main():
         sys.exit('training failed (exit %d); see %s/out.log'
                  % (r.returncode, outdir))
     summarize(outdir)
-    snaps = dc_trainer.snapshot_pairs(outdir)
+    snaps = snapshots.complete(outdir)
     if snaps:
         print('snapshot: %s/model_iter_%d.caffemodel (+ .solverstate)'
               % (outdir, snaps[-1]))

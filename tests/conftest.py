@@ -1,5 +1,7 @@
-"""Shared fixtures: a real BatchNorm snapshot of the patch network."""
+"""Shared test helpers: a real BatchNorm snapshot, and running train.py."""
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -7,7 +9,8 @@ import pytest
 os.environ.setdefault('GLOG_minloglevel', '2')
 import caffe  # noqa: E402
 
-from deepcontext import demo_data, nets, netio, solver, surgery  # noqa: E402
+from deepcontext.data import batches, photos  # noqa: E402
+from deepcontext.model import nets, pycaffe, solver  # noqa: E402
 
 
 @pytest.fixture(scope='session')
@@ -21,13 +24,56 @@ def bn_snapshot(tmp_path_factory):
     caffe.set_mode_cpu()
     caffe.set_random_seed(0)   # the same fillers, so the same snapshot
     s = caffe.get_solver(path)
-    data = surgery.real_patches(demo_data.test_photos(), 24, seed=1)
+    data = batches.real_patches(photos.test_photos(), 24, seed=1)
     rs = np.random.RandomState(0)
     pairs = np.stack([np.arange(23), np.arange(1, 24)], 1)
     for _ in range(4):
-        netio.set_inputs(s.net, data, pairs, rs.randint(0, 8, 23))
+        pycaffe.set_inputs(s.net, data, pairs, rs.randint(0, 8, 23))
         s.step(1)
     model = os.path.join(out, 'model.caffemodel')
     s.net.save(model)
     return (os.path.join(out, 'network.prototxt'),
             os.path.join(out, 'network_no_bn.prototxt'), model)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, 'train.py')
+
+
+def write_config(tmp_path, **extra):
+    (tmp_path / 'out').mkdir(exist_ok=True)
+    settings = dict(out_dir=str(tmp_path / 'out'), batch_size=48,
+                    loader_workers=2, queue_size=1, snapshot_every=10,
+                    stats_every=5, resume='yes')
+    settings.update(extra)
+    lines = ['from deepcontext.data import photos as _d',
+             'images = _d.test_photos()']
+    lines += ['%s = %r' % kv for kv in settings.items()]
+    path = tmp_path / 'deepcontext_config.py'
+    path.write_text('\n'.join(lines) + '\n')
+    return str(path)
+
+
+def processes_with(marker):
+    """PIDs of live processes whose command line mentions marker."""
+    found = []
+    for pid in os.listdir('/proc'):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open('/proc/%s/cmdline' % pid, 'rb') as f:
+                cmd = f.read().decode(errors='replace')
+            with open('/proc/%s/stat' % pid) as f:
+                zombie = f.read().split(') ')[1].startswith('Z')
+        except OSError:
+            continue
+        if marker in cmd and not zombie:
+            found.append(int(pid))
+    return found
+
+
+def run_train(tmp_path, cfg, *args, timeout=600):
+    env = dict(os.environ, GLOG_minloglevel='1')
+    return subprocess.run([sys.executable, TRAIN, '--config', cfg] +
+                          list(args), cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepcontext import demo_data
-from test_train import TRAIN, processes_with, write_config
+from deepcontext.data import photos
+from conftest import TRAIN, processes_with, write_config
 
 
 def make_zoo(folder):
     """Good-but-unusual images, and broken ones, from a real photo."""
     folder.mkdir()
-    photo = Image.open(demo_data.test_photos()[0]).convert('RGB')
+    photo = Image.open(photos.test_photos()[0]).convert('RGB')
     photo = photo.resize((640, 480))
     good = {
         'grey.png': photo.convert('L'),

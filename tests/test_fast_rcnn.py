@@ -9,9 +9,9 @@ from google.protobuf import text_format
 
 import caffe
 
-from deepcontext import demo_data, fast_rcnn, images, preprocess, rescale
-from deepcontext import solver as dc_solver, surgery
-
+from deepcontext.data import decode, photos, preprocess
+from deepcontext.model import pycaffe, solver as dc_solver
+from deepcontext.transfer import calibration, debatchnorm, fast_rcnn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Fast R-CNN's CaffeNet test net, group-free, in that fork's own syntax.
@@ -84,7 +84,7 @@ def test_layers_registered_and_fork_syntax_loads(tmp_path):
 
 
 def image_blob(path, shape=(240, 320)):
-    im = preprocess.resize_bilinear(images.load_rgb(path), shape) * 255
+    im = preprocess.resize_bilinear(decode.load_rgb(path), shape) * 255
     return (im[:, :, ::-1] - fast_rcnn.PIXEL_MEANS_BGR).transpose(
         2, 0, 1)[None].astype(np.float32)
 
@@ -95,7 +95,7 @@ def exported(bn_snapshot, tmp_path_factory):
     folded = str(tmp_path_factory.mktemp('fr') / 'folded.caffemodel')
     src = caffe.Net(bn_def, model, caffe.TEST)
     dst = caffe.Net(no_bn_def, caffe.TEST)
-    surgery.debatchnorm(src, surgery.read_netdef(bn_def), dst,
+    debatchnorm.debatchnorm(src, pycaffe.read_netparam(bn_def), dst,
                         log=lambda m: None)
     dst.save(folded)
     out = str(tmp_path_factory.mktemp('export'))
@@ -114,7 +114,7 @@ def test_export_files_and_bit_identical_weights(exported):
         assert os.path.isfile(os.path.join(out, name)), name
     assert 'conv6     reshaped from fc6' in stdout
     assert 'fc7       freshly initialised' in stdout
-    train = surgery.read_netdef(os.path.join(out, 'train.prototxt'))
+    train = pycaffe.read_netparam(os.path.join(out, 'train.prototxt'))
     assert train.layer[0].python_param.layer == 'RoIDataLayer'
     src = caffe.Net(no_bn_def, folded, caffe.TEST)
     net = caffe.Net(os.path.join(out, 'test.prototxt'),
@@ -129,7 +129,7 @@ def test_export_files_and_bit_identical_weights(exported):
                           src.params['fc6'][0].data)
     # a real image with a few ROIs
     net.blobs['data'].reshape(1, 3, 240, 320)
-    net.blobs['data'].data[...] = image_blob(demo_data.test_photos()[0])
+    net.blobs['data'].data[...] = image_blob(photos.test_photos()[0])
     net.blobs['rois'].reshape(3, 5)
     net.blobs['rois'].data[...] = [[0, 0, 0, 319, 239], [0, 20, 30, 150, 200],
                                    [0, 100, 50, 300, 230]]
@@ -166,10 +166,10 @@ def test_exported_net_trains_on_a_synthetic_box_task(exported, tmp_path):
     for i, l in enumerate(labels.astype(int)):
         targets[i, 4 * l:4 * l + 4] = rs.randn(4) * 0.5
         weights[i, 4 * l:4 * l + 4] = 1
-    inputs = dict(data=image_blob(demo_data.test_photos()[1]), rois=boxes,
+    inputs = dict(data=image_blob(photos.test_photos()[1]), rois=boxes,
                   labels=labels, bbox_targets=targets,
                   bbox_loss_weights=weights)
-    rescale.feed(solver.net, inputs)
+    pycaffe.set_blobs(solver.net, inputs)
     # Judge the weights by the loss without dropout (a TEST-phase twin that
     # shares them): with 8 ROIs the dropout masks alone move the training
     # loss by as much as 12 steps of learning do.
@@ -177,7 +177,7 @@ def test_exported_net_trains_on_a_synthetic_box_task(exported, tmp_path):
     probe.share_with(solver.net)
 
     def clean_loss():
-        rescale.feed(probe, inputs)
+        pycaffe.set_blobs(probe, inputs)
         probe.forward()
         return (float(probe.blobs['loss_cls'].data) +
                 float(probe.blobs['loss_bbox'].data))

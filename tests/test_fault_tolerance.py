@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from deepcontext import snapshots
-from test_train import TRAIN, processes_with, run_train, write_config
+from deepcontext.train import snapshots
+from conftest import TRAIN, processes_with, run_train, write_config
 
 
 def test_marker_requires_both_files_at_their_sizes(tmp_path):

@@ -15,8 +15,10 @@ os.environ.setdefault('GLOG_minloglevel', '2')
 import caffe  # noqa: E402
 from caffe import layers as L  # noqa: E402
 
-from deepcontext import gpufeed, nets, netio, surgery  # noqa: E402
-from deepcontext.trainer import caffe_cpu_only  # noqa: E402
+from deepcontext.data import batches  # noqa: E402
+from deepcontext.model import nets, pycaffe  # noqa: E402
+from deepcontext.train import gpufeed  # noqa: E402
+from deepcontext.model.pycaffe import cpu_only as caffe_cpu_only  # noqa: E402
 
 
 def _gpu_available():
@@ -39,13 +41,13 @@ def photos():
     folder = os.environ.get('DEEPCONTEXT_TEST_IMAGES')
     if folder:
         return sorted(glob.glob(os.path.join(folder, '*.jpg')))[:12]
-    from deepcontext import demo_data
-    return demo_data.test_photos()
+    from deepcontext.data import photos
+    return photos.test_photos()
 
 
 @pytest.fixture(scope='module')
 def patches():
-    return surgery.real_patches(photos(), 64, seed=3)
+    return batches.real_patches(photos(), 64, seed=3)
 
 
 def run_net(proto_text, inputs, mode, weights=None):
@@ -128,7 +130,9 @@ def test_batch_reindex_gpu_matches_cpu():
 
 
 class FakeLoader:
-    """BatchLoader's interface over fixed batches in page-sized buffers."""
+    """BatchLoader's get/release over fixed batches, in plain numpy buffers
+    (GpuFeed page-locks whatever memory it is given; the real loader's is
+    shared memory)."""
 
     class Batch:
         def __init__(self, data, pairs, labels, worker, slot):
@@ -161,17 +165,17 @@ def test_feed_delivers_the_loader_bytes(tmp_path, patches):
     nets.write_nets(str(tmp_path), batch_size=64)
     net = caffe.Net(str(tmp_path / 'network.prototxt'), caffe.TRAIN)
     rs = np.random.RandomState(0)
-    batches = []
+    fed = []
     for n in (60, 48, 63):
         pairs = np.stack([np.arange(n - 1), np.arange(1, n)], 1)
-        batches.append((patches[:n] * rs.uniform(.5, 2), pairs,
-                        rs.randint(0, 8, n - 1)))
-    loader = FakeLoader(batches)
+        fed.append((patches[:n] * rs.uniform(.5, 2), pairs,
+                    rs.randint(0, 8, n - 1)))
+    loader = FakeLoader(fed)
     feed = gpufeed.GpuFeed(net, loader, 64)
     try:
         for k in range(5):
             feed.next()
-            data, pairs, labels = batches[k % 3]
+            data, pairs, labels = fed[k % 3]
             got = net.blobs['data'].data      # device -> host copy
             assert got.shape == data.shape
             np.testing.assert_array_equal(got, data)
@@ -179,7 +183,7 @@ def test_feed_delivers_the_loader_bytes(tmp_path, patches):
                                           pairs[:, 1])
             np.testing.assert_array_equal(net.blobs['label'].data, labels)
             net.forward()
-            assert np.isfinite(netio.loss(net))
+            assert np.isfinite(pycaffe.loss(net))
         assert loader.released == [0, 1, 2, 0, 1]
     finally:
         feed.close()
@@ -201,7 +205,7 @@ def test_gpu_pass_matches_cpu(tmp_path, patches):
     rs = np.random.RandomState(4)
     pairs = np.stack([np.arange(63), np.arange(1, 64)], 1)
     labels = rs.randint(0, 8, 63)
-    (data_c, _, grad_c), (data_g, _, grad_g) = netio.pass_on_devices(
+    (data_c, _, grad_c), (data_g, _, grad_g) = pycaffe.pass_on_devices(
         path, patches, pairs, labels)
     for k in data_c:
         assert rel(data_g[k], data_c[k]) < 1e-4, (k, rel(data_g[k],

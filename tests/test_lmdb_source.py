@@ -1,4 +1,4 @@
-"""Tests for deepcontext/lmdb_source.py and tools/pack_lmdb.py.
+"""Tests for deepcontext/data/lmdb_source.py and tools/pack_lmdb.py.
 
 Real photos (the embedded test photos), real LMDBs, real pycaffe: Caffe's
 own ``caffe.io.array_to_datum`` / ``datum_to_array`` are the independent
@@ -24,8 +24,7 @@ from PIL import Image
 import caffe
 import caffe.io
 from caffe.proto import caffe_pb2
-from deepcontext import demo_data, images, lmdb_source, loader
-
+from deepcontext.data import decode, lmdb_source, loader, photos as dc_photos, sources
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # caffe.io's datum helpers use numpy's deprecated tostring / fromstring.
@@ -35,7 +34,7 @@ pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning:caffe.io')
 @pytest.fixture(scope='module')
 def photos():
     """The 12 test photos (PNG and JPEG) as a file source."""
-    return images.open_image_source(demo_data.test_photos())
+    return sources.open_image_source(dc_photos.test_photos())
 
 
 @pytest.fixture(scope='module')
@@ -71,7 +70,7 @@ def read_records(path):
 def big_jpeg():
     """The smallest embedded JPEG over 4 megapixels (draft-mode tests)."""
     sizes = []
-    for p in demo_data.demo_photos():
+    for p in dc_photos.demo_photos():
         with Image.open(p) as img:
             if img.format == 'JPEG' and img.size[0] * img.size[1] > 4e6:
                 sizes.append((os.path.getsize(p), p))
@@ -81,8 +80,8 @@ def big_jpeg():
 # ------------------------------------------------------ reading both forms
 
 def test_files_encoded_and_raw_lmdb_give_the_same_pixels(photos, packed):
-    enc = images.open_image_source(packed['encoded'])
-    raw = images.open_image_source('lmdb:' + packed['raw'])
+    enc = sources.open_image_source(packed['encoded'])
+    raw = sources.open_image_source('lmdb:' + packed['raw'])
     assert isinstance(enc, lmdb_source.LmdbImageSet)
     assert len(enc) == len(raw) == len(photos) == 12
     assert 'LMDB' in enc.describe() and '12 images' in enc.describe()
@@ -131,11 +130,11 @@ def test_reads_a_convert_imageset_style_database(photos, tmp_path):
             grey[np.newaxis], 4).SerializeToString()),
         (b'00000002_n02/c.jpg', encoded.SerializeToString()),
     ])
-    source = images.open_image_source(db)
+    source = sources.open_image_source(db)
     np.testing.assert_array_equal(source.load(0), colour)
     np.testing.assert_array_equal(source.load(1), np.dstack([grey] * 3))
     np.testing.assert_array_equal(source.load(2),
-                                  images.load_rgb(photos.paths[-1]))
+                                  decode.load_rgb(photos.paths[-1]))
 
 
 def test_corrupt_records_name_their_key_and_database(photos, tmp_path):
@@ -161,10 +160,10 @@ def test_corrupt_records_name_their_key_and_database(photos, tmp_path):
     db = write_db(tmp_path / 'corrupt',
                   [(b'00000000_good', good.SerializeToString())] +
                   [(k, v) for k, (v, _) in bad.items()])
-    source = images.open_image_source(db)
+    source = sources.open_image_source(db)
     assert source.load(0).shape == (4, 5, 3)
     for i, (key, (_, words)) in enumerate(bad.items(), 1):
-        with pytest.raises(images.ImageError) as info:
+        with pytest.raises(decode.ImageError) as info:
             source.load(i)
         message = str(info.value)
         assert key.decode() in message and db in message, message
@@ -179,7 +178,7 @@ def test_loader_skips_a_corrupt_record_after_fork(photos, tmp_path):
         records.append((b'%08d_ok%d.png' % (i, i), datum.SerializeToString()))
     records.append((b'00000003_broken.png', b'\x08\x03garbage'))
     db = write_db(tmp_path / 'with_corrupt', records)
-    source = images.open_image_source(db)
+    source = sources.open_image_source(db)
     source.load(0)          # the parent opens its environment before forking
     messages = []
     with loader.BatchLoader(source, [3], 64, queue_size=1,
@@ -195,7 +194,7 @@ def test_loader_skips_a_corrupt_record_after_fork(photos, tmp_path):
 
 
 def test_a_pickled_source_opens_its_own_environment(photos, packed):
-    source = images.open_image_source(packed['encoded'])
+    source = sources.open_image_source(packed['encoded'])
     source.load(0)
     copy = pickle.loads(pickle.dumps(source))
     assert copy._env is None
@@ -206,13 +205,13 @@ def test_a_pickled_source_opens_its_own_environment(photos, packed):
 
 def test_open_errors(photos, packed, tmp_path):
     with pytest.raises(ValueError, match='LMDB'):
-        images.open_image_source([packed['encoded'], photos.paths[0]])
+        sources.open_image_source([packed['encoded'], photos.paths[0]])
     with pytest.raises(FileNotFoundError, match='data.mdb'):
-        images.open_image_source('lmdb:' + str(tmp_path))
+        sources.open_image_source('lmdb:' + str(tmp_path))
     empty = write_db(tmp_path / 'empty', [])
     with pytest.raises(ValueError, match='no records'):
-        images.open_image_source(empty)
-    source = images.open_image_source(packed['raw'])
+        sources.open_image_source(empty)
+    source = sources.open_image_source(packed['raw'])
     with pytest.raises(IndexError):
         source.load(len(source))
 
@@ -225,12 +224,12 @@ def test_draft_mode_decodes_big_jpegs_smaller(tmp_path):
     folder.mkdir()
     shutil.copy(path, str(folder / 'big.jpg'))
     db = str(tmp_path / 'big_lmdb')
-    lmdb_source.pack(images.open_image_source(str(folder)), db,
+    lmdb_source.pack(sources.open_image_source(str(folder)), db,
                      progress=None)
-    full = images.load_rgb(path)
+    full = decode.load_rgb(path)
     h, w = full.shape[:2]
     for target in (150000, 450000):
-        drafted = images.load_rgb(path, draft_pixels=target)
+        drafted = decode.load_rgb(path, draft_pixels=target)
         th, tw = (int(h * (target / (h * w)) ** .5),
                   int(w * (target / (h * w)) ** .5))
         # Still at least twice the resize target on both sides, and the
@@ -240,16 +239,16 @@ def test_draft_mode_decodes_big_jpegs_smaller(tmp_path):
         assert scale in (1, 2, 4, 8)
         assert w // (2 * scale) < 2 * tw or h // (2 * scale) < 2 * th
         for draft in (False, True):
-            source = images.open_image_source(db, draft=draft)
-            files = images.open_image_source(str(folder), draft=draft)
+            source = sources.open_image_source(db, draft=draft)
+            files = sources.open_image_source(str(folder), draft=draft)
             expected = drafted if draft else full
             np.testing.assert_array_equal(source.load(0, target), expected)
             np.testing.assert_array_equal(files.load(0, target), expected)
-    assert images.load_rgb(path, draft_pixels=150000).shape[0] < h
+    assert decode.load_rgb(path, draft_pixels=150000).shape[0] < h
     # PNGs have no draft mode.
-    png = demo_data.test_photos()[0]
-    np.testing.assert_array_equal(images.load_rgb(png, draft_pixels=1000),
-                                  images.load_rgb(png))
+    png = dc_photos.test_photos()[0]
+    np.testing.assert_array_equal(decode.load_rgb(png, draft_pixels=1000),
+                                  decode.load_rgb(png))
 
 
 # ---------------------------------------------------------------- packing
@@ -270,7 +269,7 @@ def test_pack_resumes_where_it_stopped(photos, packed, tmp_path):
     assert third['written'] == 0 and third['records'] == 12
     with pytest.raises(lmdb_source.PackError, match='--raw'):
         lmdb_source.pack(photos, db, raw=True, progress=None)
-    other = images.open_image_source(demo_data.test_photos()[:3])
+    other = sources.open_image_source(dc_photos.test_photos()[:3])
     with pytest.raises(lmdb_source.PackError, match='another source'):
         lmdb_source.pack(other, packed['raw'], raw=True, progress=None)
 
@@ -282,7 +281,7 @@ def test_pack_skips_unreadable_files(photos, tmp_path):
     (folder / 'b.jpg').write_text('not a picture')
     (folder / 'c.png').write_bytes(b'')
     shutil.copy(photos.paths[-1], str(folder / 'd.jpg'))
-    source = images.open_image_source(str(folder))
+    source = sources.open_image_source(str(folder))
     for raw in (False, True):
         log = io.StringIO()
         db = str(tmp_path / ('mixed_raw' if raw else 'mixed_enc'))
@@ -303,7 +302,7 @@ def test_pack_max_side_and_map_growth(photos, tmp_path, monkeypatch):
                          progress=None)
         # The file cannot outgrow the map: it was grown.
         assert os.path.getsize(os.path.join(db, 'data.mdb')) > 1 << 16
-        source = images.open_image_source(db)
+        source = sources.open_image_source(db)
         for i in range(len(photos)):
             im = source.load(i)
             assert max(im.shape[:2]) == 200
@@ -334,7 +333,7 @@ def test_caffe_data_layer_reads_a_raw_lmdb(photos, tmp_path):
         f.write(text_format.MessageToString(net))
     caffe.set_mode_cpu()
     cnet = caffe.Net(path, caffe.TEST)
-    ours = images.open_image_source(db)
+    ours = sources.open_image_source(db)
     for batch in range(2):
         out = cnet.forward()['data']
         assert out.shape == (2, 3, 64, 64)

@@ -7,12 +7,10 @@ import time
 import numpy as np
 import pytest
 
-from deepcontext import demo_data, images, loader
-
-
+from deepcontext.data import loader, photos as dc_photos, sources
 @pytest.fixture(scope='module')
 def photos():
-    return images.open_image_source(demo_data.test_photos())
+    return sources.open_image_source(dc_photos.test_photos())
 
 
 def check_batch(b, batch_size):
@@ -75,12 +73,12 @@ def test_close_leaves_no_process_and_no_file(photos, tmp_path):
 
 def test_broken_images_are_reported_and_skipped(photos, tmp_path):
     bad = tmp_path / 'truncated.jpg'
-    good = demo_data.test_photos()[0]
+    good = dc_photos.test_photos()[0]
     bad.write_bytes(open(good, 'rb').read()[:2000])
     (tmp_path / 'empty.png').write_bytes(b'')
     shutil.copy(good, tmp_path / 'good.png')
     messages = []
-    image_set = images.open_image_source(str(tmp_path))
+    image_set = sources.open_image_source(str(tmp_path))
     with loader.BatchLoader(image_set, [3], 64, queue_size=1,
                             log=messages.append) as ld:
         b = ld.get(timeout=120)
@@ -94,7 +92,7 @@ def test_broken_images_are_reported_and_skipped(photos, tmp_path):
 def test_no_usable_image_fails_fast(tmp_path):
     (tmp_path / 'a.jpg').write_bytes(b'not an image')
     (tmp_path / 'b.jpg').write_bytes(b'')
-    image_set = images.open_image_source(str(tmp_path))
+    image_set = sources.open_image_source(str(tmp_path))
     t0 = time.time()
     with loader.BatchLoader(image_set, [0], 64, log=lambda m: None) as ld:
         with pytest.raises(loader.LoaderError, match='no usable image'):

@@ -10,9 +10,7 @@ from google.protobuf import text_format
 import caffe
 from caffe.proto import caffe_pb2
 
-from deepcontext import nets, netio, solver as dc_solver
-
-# (name, type, bottoms, tops) of the original gen_net(use_bn=True).
+from deepcontext.model import nets, pycaffe, solver as dc_solver
 EXPECTED = [
     ('data', 'DummyData', [], ['data']),
     ('select1', 'DummyData', [], ['select1']),
@@ -98,7 +96,7 @@ def check_params(net):
 
 def test_cli_writes_both_nets_with_original_structure(tmp_path):
     out = tmp_path / 'nets'
-    r = subprocess.run([sys.executable, '-m', 'deepcontext.nets', str(out)],
+    r = subprocess.run([sys.executable, '-m', 'deepcontext.model.nets', str(out)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     with_bn = read_net(out / 'network.prototxt')
@@ -118,14 +116,14 @@ def test_real_forward_backward_shapes(tmp_path):
     data = rs.randn(6, 3, 96, 96).astype(np.float32) * 50
     pairs = np.array([[0, 1], [1, 0], [2, 3], [3, 2], [4, 5]])
     labels = np.array([4, 3, 6, 1, 0])
-    netio.set_inputs(net, data, pairs, labels)
+    pycaffe.set_inputs(net, data, pairs, labels)
     net.forward()
     net.backward()
     assert net.blobs['pool5'].data.shape == (6, 256, 3, 3)
     assert net.blobs['fc6'].data.shape == (6, 4096)
     assert net.blobs['fc6_concat'].data.shape == (5, 8192)
     assert net.blobs['fc9'].data.shape == (5, 8)
-    loss = netio.loss(net)
+    loss = pycaffe.loss(net)
     # summed (normalization NONE) softmax loss near 5 * ln 8 at init
     assert np.isfinite(loss) and 0.5 * 5 * np.log(8) < loss < 3 * 5 * np.log(8)
     # gradients reach the first layer (inputs themselves get none)
@@ -160,13 +158,13 @@ def test_engine_caffe_switch(tmp_path):
 
 
 def test_pass_on_devices_copies_the_weights(tmp_path):
-    """netio.pass_on_devices (the CPU/GPU comparison) on the CPU twice: the
+    """pycaffe.pass_on_devices (the CPU/GPU comparison) on the CPU twice: the
     second net gets the first one's weights, so every blob is identical."""
     path = nets.write_nets(str(tmp_path), batch_size=8, debug_info=False)[0]
     rs = np.random.RandomState(0)
     data = (rs.standard_normal((8, 3, 96, 96)) * 50).astype(np.float32)
     pairs = np.stack([np.arange(7), np.arange(1, 8)], 1)
-    (d1, f1, g1), (d2, f2, g2) = netio.pass_on_devices(
+    (d1, f1, g1), (d2, f2, g2) = pycaffe.pass_on_devices(
         path, data, pairs, rs.randint(0, 8, 7), modes=('cpu', 'cpu'))
     assert np.abs(g1['conv1']).max() > 0
     for first, second in ((d1, d2), (f1, f2), (g1, g2)):

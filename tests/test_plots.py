@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepcontext import logparse, plots
-
+from deepcontext.eval import logparse, plots
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = ['conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8',
           'fc9']
@@ -25,7 +24,7 @@ def run_dir(tmp_path_factory):
     (tmp / 'out').mkdir()
     cfg = tmp / 'deepcontext_config.py'
     cfg.write_text('\n'.join([
-        'from deepcontext import demo_data as _d',
+        'from deepcontext.data import photos as _d',
         'images = _d.test_photos()',
         'out_dir = %r' % str(tmp / 'out'),
         'batch_size = 32', 'loader_workers = 1', 'queue_size = 1',

@@ -4,9 +4,7 @@ import random
 import numpy as np
 import pytest
 
-from deepcontext import demo_data, images, preprocess as P
-
-
+from deepcontext.data import decode, photos, preprocess as P
 def resize_2015(im, shape):
     """Independent reference: scikit-image 0.11's resize (warp, order 1).
 
@@ -39,7 +37,7 @@ def resize_2015(im, shape):
 
 @pytest.fixture(scope='module')
 def photo():
-    return images.load_rgb(demo_data.test_photos()[0])
+    return decode.load_rgb(photos.test_photos()[0])
 
 
 @pytest.mark.parametrize('shape', [(31, 47), (96, 96), (300, 200),

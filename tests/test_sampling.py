@@ -4,8 +4,7 @@ import random
 import numpy as np
 import pytest
 
-from deepcontext import sampling as S
-
+from deepcontext.data import sampling as S
 CELL = S.PATCH_SIZE + S.GAP
 
 

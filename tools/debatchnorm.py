@@ -3,7 +3,7 @@
     python tools/debatchnorm.py indefinition inmodel outdefinition outmodel
 
 Same command line and rules as the original debatchnorm.py (see
-deepcontext/surgery.py).  When the output definition has the same patch
+deepcontext/transfer/debatchnorm.py).  When the output definition has the same patch
 tower as the input (e.g. network_no_bn.prototxt), the result is verified:
 real patches go through the BatchNorm net in TEST phase (global statistics)
 and through the folded net, and every shared blob up to fc6 must agree to
@@ -16,7 +16,9 @@ import sys
 os.environ.setdefault('GLOG_minloglevel', '2')  # before caffe loads glog
 import caffe  # noqa: E402
 
-from deepcontext import demo_data, surgery  # noqa: E402
+from deepcontext.data import batches, photos  # noqa: E402
+from deepcontext.model import pycaffe  # noqa: E402
+from deepcontext.transfer import debatchnorm  # noqa: E402
 
 TOLERANCE = 1e-4
 SHARED = ['conv1', 'pool1', 'norm1', 'conv2', 'pool2', 'norm2', 'conv3',
@@ -36,17 +38,17 @@ def parse_args():
 
 
 def verify(args, src_def, dst_def):
-    if surgery.tower_signature(src_def) != surgery.tower_signature(dst_def):
+    if debatchnorm.tower_signature(src_def) != debatchnorm.tower_signature(dst_def):
         print('check skipped: conv1..fc6 of %s differ from the input '
               'definition (shapes, padding), so activations cannot be '
               'compared' % args.outdefinition)
         return True
-    data = surgery.real_patches(args.images or demo_data.test_photos(),
+    data = batches.real_patches(args.images or photos.test_photos(),
                                 args.patches)
     bn = caffe.Net(args.indefinition, args.inmodel, caffe.TEST)
     folded = caffe.Net(args.outdefinition, args.outmodel, caffe.TEST)
     ok = True
-    for name, (diff, rel) in surgery.compare_activations(
+    for name, (diff, rel) in debatchnorm.compare_activations(
             bn, folded, SHARED, data, end='relu6').items():
         good = rel <= TOLERANCE
         ok &= good
@@ -58,11 +60,11 @@ def verify(args, src_def, dst_def):
 def main():
     args = parse_args()
     caffe.set_mode_cpu()
-    src_def = surgery.read_netdef(args.indefinition)
-    dst_def = surgery.read_netdef(args.outdefinition)
+    src_def = pycaffe.read_netparam(args.indefinition)
+    dst_def = pycaffe.read_netparam(args.outdefinition)
     src = caffe.Net(args.indefinition, args.inmodel, caffe.TEST)
     dst = caffe.Net(args.outdefinition, caffe.TEST)
-    surgery.debatchnorm(src, src_def, dst)
+    debatchnorm.debatchnorm(src, src_def, dst)
     dst.save(args.outmodel)
     print('wrote %s' % args.outmodel)
     if not verify(args, src_def, dst_def):

@@ -14,7 +14,8 @@ import argparse
 import os
 
 os.environ.setdefault('GLOG_minloglevel', '2')  # before caffe loads glog
-from deepcontext import evaluation, images, toolargs  # noqa: E402
+from deepcontext.data import sources  # noqa: E402
+from deepcontext.eval import pretext, toolargs  # noqa: E402
 
 
 def parse_args():
@@ -34,13 +35,13 @@ def parse_args():
 
 def main():
     args = parse_args()
-    image_set = images.open_image_source(args.images)
+    image_set = sources.open_image_source(args.images)
     paths = image_set.paths[:args.max_images]
     print('evaluating on %d images from %s' % (len(paths),
                                                 image_set.describe()))
     results = []
     for tag, net, bn_mode in toolargs.iter_nets(args):
-        r = evaluation.pretext_accuracy(net, paths, args.seed,
+        r = pretext.pretext_accuracy(net, paths, args.seed,
                                         args.batch_size, args.grids)
         r.update(net=tag, weights=args.weights if tag == 'trained' else None,
                  bn_mode=bn_mode)

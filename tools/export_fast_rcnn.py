@@ -7,7 +7,7 @@ DEFINITION/WEIGHTS: the network without BatchNorm (tools/debatchnorm.py,
 optionally tools/rescale.py).  Writes OUTDIR/train.prototxt (Fast R-CNN's
 RoIDataLayer input), test.prototxt, solver.prototxt and init.caffemodel, and
 says which layers were transferred, reshaped or freshly initialised (see
-deepcontext/fast_rcnn.py for the conv6 conversion and the RGB/BGR and input
+deepcontext/transfer/fast_rcnn.py for the conv6 conversion and the RGB/BGR and input
 scale handling).
 """
 import argparse
@@ -19,7 +19,9 @@ os.environ.setdefault('GLOG_minloglevel', '2')  # before caffe loads glog
 import caffe  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 
-from deepcontext import demo_data, fast_rcnn, images, surgery  # noqa: E402
+from deepcontext.data import decode, photos  # noqa: E402
+from deepcontext.model import pycaffe  # noqa: E402
+from deepcontext.transfer import fast_rcnn  # noqa: E402
 
 
 def parse_args():
@@ -47,11 +49,11 @@ def write(path, proto):
 def main():
     args = parse_args()
     if any(l.type == 'BatchNorm' for l in
-           surgery.read_netdef(args.definition).layer):
+           pycaffe.read_netparam(args.definition).layer):
         sys.exit('%s has BatchNorm layers: run tools/debatchnorm.py first'
                  % args.definition)
     scale = (fast_rcnn.measure_input_scale(
-        [images.load_rgb(p) for p in demo_data.test_photos()])
+        [decode.load_rgb(p) for p in photos.test_photos()])
         if args.input_scale == 'auto' else float(args.input_scale))
     os.makedirs(args.outdir, exist_ok=True)
     out = lambda name: os.path.join(args.outdir, name)  # noqa: E731

@@ -4,7 +4,7 @@
         [--task defect] [--per-class 200] [--layer relu5] [--out DIR]
 
 The labelled set is elpv-dataset (solar-cell images, installed with the
-requirements; see deepcontext/labelled_data.py): ``--task defect``
+requirements; see deepcontext/data/labelled.py): ``--task defect``
 (functional / defective) or ``--task type`` (mono / poly).  Each net sees
 the same images and the same stratified split; the report gives test
 accuracy, balanced accuracy and the majority-class baseline for each, and
@@ -14,13 +14,14 @@ import argparse
 import os
 
 os.environ.setdefault('GLOG_minloglevel', '2')  # before caffe loads glog
-from deepcontext import evaluation, labelled_data, toolargs  # noqa: E402
+from deepcontext.data import labelled  # noqa: E402
+from deepcontext.eval import probe, toolargs  # noqa: E402
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     toolargs.add_net_arguments(p)
-    p.add_argument('--task', choices=sorted(labelled_data.TASKS),
+    p.add_argument('--task', choices=sorted(labelled.TASKS),
                    default='defect')
     p.add_argument('--per-class', type=int, default=None,
                    help='use at most N images per class (default: all)')
@@ -37,18 +38,18 @@ def parse_args():
 
 def main():
     args = parse_args()
-    paths, labels, names = labelled_data.elpv(args.task)
+    paths, labels, names = labelled.elpv(args.task)
     if args.per_class:
-        keep = labelled_data.stratified_subset(labels, args.per_class,
+        keep = labelled.stratified_subset(labels, args.per_class,
                                                args.seed)
         paths, labels = [paths[i] for i in keep], labels[keep]
-    train, test = labelled_data.fixed_split(labels, args.test_fraction,
+    train, test = labelled.fixed_split(labels, args.test_fraction,
                                             args.seed)
     print('elpv %s (%s): %d images, %d train / %d test'
           % (args.task, ' / '.join(names), len(paths), len(train), len(test)))
     results = {}
     for tag, net, bn_mode in toolargs.iter_nets(args):
-        r = evaluation.probe_images(net, paths, labels, train, test,
+        r = probe.probe_images(net, paths, labels, train, test,
                                     args.layer, args.side, args.grid,
                                     args.seed)
         r['bn_mode'] = bn_mode

@@ -16,7 +16,8 @@ import os
 import numpy as np
 
 os.environ.setdefault('GLOG_minloglevel', '2')  # before caffe loads glog
-from deepcontext import evaluation, images, plots, toolargs  # noqa: E402
+from deepcontext.data import sources  # noqa: E402
+from deepcontext.eval import neighbours, plots, toolargs  # noqa: E402
 
 
 def parse_args():
@@ -37,8 +38,8 @@ def parse_args():
 
 def main():
     args = parse_args()
-    paths = images.open_image_source(args.images).paths
-    patches, owner, corners = evaluation.sample_patches(
+    paths = sources.open_image_source(args.images).paths
+    patches, owner, corners = neighbours.sample_patches(
         paths, args.per_image, args.seed)
     queries = np.sort(np.random.RandomState(args.seed).choice(
         len(patches), min(args.queries, len(patches)), replace=False))
@@ -49,7 +50,7 @@ def main():
               'patch_corner': corners.tolist(), 'queries': queries.tolist(),
               'nets': {}}
     for tag, net, bn_mode in toolargs.iter_nets(args):
-        found = evaluation.patch_neighbours(net, patches, args.layers,
+        found = neighbours.patch_neighbours(net, patches, args.layers,
                                             queries, args.k, groups)
         result['nets'][tag] = {'bn_mode': bn_mode, 'layers': {}}
         for layer, (idx, scores) in found.items():

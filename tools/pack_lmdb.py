@@ -11,14 +11,12 @@ as Caffe's convert_imageset writes.  By default a record keeps the image
 file's bytes (``encoded: true``); ``--raw`` stores decoded BGR pixels, which
 Caffe's Data layer reads even when Caffe is built without OpenCV.  Run the
 same command again to continue an interrupted run.  The library code is
-``deepcontext.lmdb_source.pack``.
+``deepcontext.data.lmdb_source.pack``.
 """
 import argparse
 import sys
 
-from deepcontext import images, lmdb_source
-
-
+from deepcontext.data import imageset, lmdb_source, sources
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('sources', nargs='+', metavar='SOURCE',
@@ -40,10 +38,10 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     for source in args.sources:
-        if images.lmdb_path(source) is not None:
+        if imageset.lmdb_path(source) is not None:
             raise SystemExit('pack_lmdb: %s is an LMDB; a SOURCE names '
                              'image files' % source)
-    image_set = images.open_image_source(args.sources)
+    image_set = sources.open_image_source(args.sources)
     print('packing %s into %s (%s)' % (image_set.describe(), args.db,
                                        'raw' if args.raw else 'encoded'),
           file=sys.stderr)

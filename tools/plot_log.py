@@ -10,8 +10,8 @@ run is training: it only reads, and a half-written last line is ignored.
 import argparse
 import os
 
-from deepcontext import logparse, plots
-from deepcontext.toolargs import write_json
+from deepcontext.eval import logparse, plots
+from deepcontext.eval.toolargs import write_json
 
 
 def parse_args():

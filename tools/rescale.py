@@ -5,7 +5,7 @@
 
 Layers whose weights are all zero (or named with --reinit) are initialised
 on real images; then all layers are calibrated to learn at the same rate
-(deepcontext/rescale.py).  Prints a per-layer table before and after.
+(deepcontext/transfer/calibration.py).  Prints a per-layer table before and after.
 """
 import argparse
 import os
@@ -13,7 +13,8 @@ import os
 os.environ.setdefault('GLOG_minloglevel', '2')  # before caffe loads glog
 import numpy as np  # noqa: E402
 
-from deepcontext import demo_data, rescale  # noqa: E402
+from deepcontext.data import photos  # noqa: E402
+from deepcontext.transfer import calibration  # noqa: E402
 
 
 def parse_args():
@@ -43,23 +44,23 @@ def table(title, ratios, scales):
 
 def main():
     args = parse_args()
-    net = rescale.load_net(args.definition, args.load)
-    paths = args.images or demo_data.demo_photos()
-    batches = rescale.input_batches(net, paths, args.batch_size,
+    net = calibration.load_net(args.definition, args.load)
+    paths = args.images or photos.demo_photos()
+    batches = calibration.input_batches(net, paths, args.batch_size,
                                     args.batches)
-    table('before:', rescale.gradient_ratios(net, batches),
-          rescale.weight_scales(net))
+    table('before:', calibration.gradient_ratios(net, batches),
+          calibration.weight_scales(net))
     for layer in args.reinit:
         net.params[layer][0].data[...] = 0
     rng = np.random.RandomState(0)
-    for layer in rescale.zero_layers(net):
-        std = rescale.init_layer(net, layer, batches[0], args.init, rng)
+    for layer in calibration.zero_layers(net):
+        std = calibration.init_layer(net, layer, batches[0], args.init, rng)
         print('initialised %s (%s): output std before scaling %.3g'
               % (layer, args.init, float(np.mean(std))))
     if not args.no_calibrate:
-        rescale.calibrate(net, batches, rounds=args.rounds)
-    after = rescale.gradient_ratios(net, batches)
-    table('after:', after, rescale.weight_scales(net))
+        calibration.calibrate(net, batches, rounds=args.rounds)
+    after = calibration.gradient_ratios(net, batches)
+    table('after:', after, calibration.weight_scales(net))
     values = np.array(list(after.values()))
     print('ratio spread: %.2f%% (max/min - 1)'
           % (100 * (values.max() / values.min() - 1)))

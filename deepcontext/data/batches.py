@@ -1,0 +1,180 @@
+"""From images to batches of preprocessed patch pairs: the one pipeline.
+
+Training (``loader.py``, endless, one generator pair per worker) and
+evaluation (:func:`pretext_batches`, a finite list, seeded generators per
+image) assemble batches with the same function, :func:`assemble_batches`,
+and judge images with the same rule, :func:`usable_image`:
+
+1. draw a target size U{150,000..450,000} pixels and decode the image;
+2. resize it to that many pixels (2015 bilinear, ``preprocess``);
+3. skip it, with a message, unless both sides exceed ``2*96+48+7`` pixels;
+4. draw ``grids_per_image`` grids from it (``sampling.BatchAssembler``: a
+   batch closes before a grid would bring it to ``batch_size`` patches);
+5. crop every patch and preprocess it straight into the batch buffer
+   (``preprocess.prep_patch``).
+
+The random draws of one image (size, grids, jitter, colour dropping, noise)
+are taken grid by grid in that order, from the generators given with it.
+"""
+import random
+
+import numpy as np
+
+from deepcontext.data import decode, preprocess, sampling
+from deepcontext.data.imageset import ImageSet, ImageSource
+
+# Seed of image i's generators: seed * IMAGE_SEED_STRIDE + i (integers, so
+# the same in every process: Python 3 randomises hash() per process).
+IMAGE_SEED_STRIDE = 1000003
+
+
+def image_rngs(seed, index):
+    """(random.Random, RandomState) of image ``index`` for a run ``seed``."""
+    s = int(seed) * IMAGE_SEED_STRIDE + int(index)
+    return random.Random(s), np.random.RandomState(s % (2 ** 32))
+
+
+def usable_image(image_set, index, rng, report=print):
+    """Image ``index`` resized to a random size, or None if it is unusable.
+
+    Parameters
+    ----------
+    image_set : imageset.ImageSource
+    index : int
+    rng : random.Random, draws the target size
+    report : callable(str), told why an image is skipped
+
+    Returns
+    -------
+    (H, W, 3) float32 in [0, 1], or None (broken, or too small for a 2x2
+    grid after resizing, as the original skipped it)
+    """
+    target = rng.randint(*preprocess.TARGET_PIXELS)
+    try:
+        im = image_set.load(index, target)
+    except decode.ImageError as err:
+        report('skipping image %d: %s' % (index, err))
+        return None
+    im = preprocess.resize_to_pixels(im, target)
+    min_side = sampling.min_image_side()
+    if im.shape[0] > min_side and im.shape[1] > min_side:
+        return im
+    report('skipping image %d (%s): %dx%d after resizing to %d pixels, too '
+           'small for a 2x2 grid (needs > %d a side)'
+           % (index, image_set.name(index), im.shape[1], im.shape[0], target,
+              min_side))
+    return None
+
+
+def assemble_batches(images, new_buffer, batch_size=sampling.BATCH_SIZE,
+                     projection=False,
+                     grids_per_image=sampling.GRIDS_PER_IMAGE):
+    """Sample grids from images into batch buffers; yield each full batch.
+
+    Parameters
+    ----------
+    images : iterable of (index, image, rng, nprng)
+        Usable resized images (:func:`usable_image`) with the generators
+        their draws come from (``random.Random``, ``np.random.RandomState``).
+    new_buffer : callable() -> (key, (batch_size, 3, 96, 96) float32 array)
+        Called when a batch starts; the patches are written into the array.
+    batch_size : int, a batch holds fewer patches than this
+    projection : bool, see ``preprocess.prep_patch``
+    grids_per_image : int
+
+    Yields
+    ------
+    key : the buffer's key, as ``new_buffer`` returned it
+    count : int, patches in the batch (rows ``0..count-1`` of the buffer)
+    pairs : (P, 2) int64 batch indices (first, second)
+    labels : (P,) int64 in 0..7
+    image_indices : list of int, the images whose last grid is in the batch
+    """
+    asm = sampling.BatchAssembler(batch_size)
+    key, out = new_buffer()
+    in_batch = []
+    for index, im, rng, nprng in images:
+        for _ in range(grids_per_image):
+            start, cols, rows, closes = asm.plan_grid(im.shape, rng)
+            if closes:
+                count = asm.count
+                pairs, labels = asm.take()
+                yield key, count, pairs, labels, in_batch
+                key, out = new_buffer()
+                in_batch = []
+            base = asm.count
+            corners = asm.add(im.shape, start, cols, rows, rng)
+            for i, corner in enumerate(corners):
+                preprocess.prep_patch(preprocess.crop(im, corner), rng, nprng,
+                                      projection, out=out[base + i])
+        in_batch.append(index)
+    if asm.count:
+        count = asm.count
+        pairs, labels = asm.take()
+        yield key, count, pairs, labels, in_batch
+
+
+def as_image_source(images):
+    """An ImageSource for a list of paths (or the source itself)."""
+    if isinstance(images, ImageSource):
+        return images
+    return ImageSet(list(images), 'list', '%d images' % len(images))
+
+
+def pretext_batches(images, seed=0, batch_size=256,
+                    grids_per_image=sampling.GRIDS_PER_IMAGE,
+                    projection=False, report=print):
+    """Batches of the pretext task over a finite, ordered set of images.
+
+    As training (see the module docstring), except that each image has its
+    own generators (:func:`image_rngs` of ``seed`` and its index), so its
+    patches do not depend on the images before or after it.
+
+    Parameters
+    ----------
+    images : list of paths, or an ImageSource
+
+    Yields
+    ------
+    data : (N, 3, 96, 96) float32
+    pairs : (P, 2) int64
+    labels : (P,) int64
+    images : list of int, indices of the images in the batch
+    """
+    source = as_image_source(images)
+
+    def seeded():
+        for index in range(len(source)):
+            rng, nprng = image_rngs(seed, index)
+            im = usable_image(source, index, rng, report)
+            if im is not None:
+                yield index, im, rng, nprng
+
+    def new_buffer():   # a fresh array per batch, which is its own key
+        data = np.empty((batch_size,) + sampling.PATCH_SHAPE, np.float32)
+        return data, data
+
+    for data, count, pairs, labels, used in assemble_batches(
+            seeded(), new_buffer, batch_size, projection, grids_per_image):
+        yield data[:count], pairs, labels, used
+
+
+def real_patches(images, count, seed=0):
+    """``count`` preprocessed 96x96 patches from real images (N, 3, 96, 96).
+
+    The pretext task's own sampler (:func:`pretext_batches`: training's
+    resizing, grids and preprocessing, with fixed seeds), one grid per
+    image, so a check sees the inputs the network was made for.  Few images
+    are walked again with the next seed until there are ``count`` patches.
+    """
+    out = []
+    for attempt in range(count):
+        for data, _, _, _ in pretext_batches(images, seed + attempt,
+                                             grids_per_image=1,
+                                             report=lambda msg: None):
+            out.extend(data)
+            if len(out) >= count:
+                return np.stack(out[:count])
+        if not out:
+            raise ValueError('no usable image among %d' % len(images))
+    return np.stack(out)

@@ -1,0 +1,68 @@
+"""Command-line pieces shared by the evaluation tools (tools/eval_*.py ...).
+
+Every evaluation tool takes the same network options and measures the same
+way one net or two: the snapshot given with ``--weights`` and, with
+``--random`` (or when no weights are given), a randomly initialised net of
+the same definition, for contrast.
+"""
+import json
+import os
+
+from deepcontext.eval import features
+from deepcontext.model import pycaffe
+
+
+def add_net_arguments(parser):
+    """Add --weights, --definition, --random, --bn-mode, --seed, --gpu."""
+    parser.add_argument('--weights', help='a .caffemodel snapshot')
+    parser.add_argument('--definition',
+                        help='network prototxt of the snapshot (default: '
+                             'the training net with BatchNorm, as '
+                             'model.nets.gen_net; e.g. network_no_bn.prototxt '
+                             'for a debatchnormed model)')
+    parser.add_argument('--random', action='store_true',
+                        help='also measure a randomly initialised net '
+                             '(the only one when --weights is not given)')
+    parser.add_argument('--bn-mode', choices=features.BN_MODES,
+                        default='auto',
+                        help='BatchNorm statistics: global (stored in the '
+                             'snapshot), batch (of each batch, as in '
+                             'training) or auto (global when the snapshot '
+                             'has statistics; batch for a random net)')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seed of every sampling draw and of the random '
+                             'initialisation')
+    parser.add_argument('--gpu', type=int, default=None,
+                        help='GPU device id (default: CPU)')
+
+
+def iter_nets(args, log=print):
+    """Yield (tag, net, bn_mode) for the nets the arguments name.
+
+    Nets are built one at a time, so only one is in memory while the
+    caller measures it.  Tags are 'trained' and 'random'.
+    """
+    pycaffe.set_mode(args.gpu)
+    specs = []
+    if args.weights:
+        specs.append(('trained', args.weights))
+    if args.random or not args.weights:
+        specs.append(('random', None))
+    for tag, weights in specs:
+        net, bn_mode = features.load_net(weights, args.definition,
+                                         args.bn_mode, args.seed)
+        log('%s net (%s), BatchNorm statistics: %s'
+            % (tag, weights or 'random initialisation, seed %d' % args.seed,
+               bn_mode))
+        yield tag, net, bn_mode
+        del net
+
+
+def write_json(out, name, result, log=print):
+    """Write ``result`` as ``out/name`` (folder created); return the path."""
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, name)
+    with open(path, 'w') as f:
+        json.dump(result, f, indent=1)
+    log('wrote %s' % path)
+    return path

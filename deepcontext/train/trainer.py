@@ -1,0 +1,313 @@
+"""The training loop: a Trainer owns the solver, the loaders and the run log.
+
+This is the main body of the original train.py, as an object so that the
+state survives a pause in IPython: ``Trainer(cfg).run()`` trains until a
+pause file, a quit file, a signal, ``max_iter`` or a divergence check stops
+it; ``run()`` again continues where it stopped.  Where it differs from the
+original, and why: docs/fidelity.md.
+"""
+import os
+import sys
+import time
+import zlib
+
+import caffe
+
+from deepcontext import config as dc_config
+from deepcontext.data import sources
+from deepcontext.data.loader import BatchLoader
+from deepcontext.model import nets, pycaffe
+from deepcontext.model import solver as dc_solver
+from deepcontext.train import control as dc_control
+from deepcontext.train import gpufeed, monitor, runlog, snapshots
+
+# How a call of Trainer.run ended; the words are written to out.log.
+PAUSED = 'paused'        # pause file or max_steps: run() again continues
+QUIT = 'quit'            # quit file or a signal
+DIVERGED = 'diverged'    # a divergence check fired; the solver stays live
+MAX_ITER = 'max_iter'    # the solver reached the config's max_iter
+DISK_FULL = 'stopped'    # a snapshot would not fit on the disk
+
+
+def output_dir(cfg, exp_name='train'):
+    """The run's folder: <out_dir>/<exp_name>_out (absolute)."""
+    return os.path.join(os.path.abspath(cfg.out_dir),
+                        (cfg.exp_name or exp_name) + '_out')
+
+
+def loader_seeds(cfg, outdir):
+    base = cfg.seed
+    if base is None:
+        base = zlib.crc32(os.path.abspath(outdir).encode()) % 1000000
+    return [base + i for i in range(cfg.loader_workers)]
+
+
+def ask_resume(outdir, last):
+    prompt = ('=' * 70 + '\nFound old data in %s.\nLoad the most recent '
+              'snapshot (iteration %d) and append to the log file (y/N)? '
+              % (outdir, last))
+    return input(prompt).strip().lower() == 'y'
+
+
+class Trainer:
+    """Context-prediction training on pycaffe.
+
+    Parameters
+    ----------
+    cfg : config.Config
+    exp_name : str, names the output folder (<out_dir>/<exp_name>_out) and
+        the control files (<exp_name>_pause, <exp_name>_quit)
+    workdir : folder watched for the control files
+    """
+
+    def __init__(self, cfg, exp_name='train', workdir='.'):
+        self.cfg = cfg
+        self.exp_name = cfg.exp_name or exp_name
+        self.outdir = output_dir(cfg, exp_name)
+        self.control = dc_control.Control(self.exp_name, workdir)
+        self.loader = None
+        self.solver = None
+        self.feed = None
+        self.tee = None
+        self.steps = 0          # steps taken by this Trainer
+        self.state = None
+        self.stats = None
+        self.closed = False
+        self.ignored = []
+        self._setup()
+
+    # ---- set-up ---------------------------------------------------------
+    def _check_outdir(self):
+        parent = os.path.abspath(self.cfg.out_dir)
+        if not os.path.isdir(parent):
+            raise dc_config.ConfigError('out_dir %s does not exist' % parent)
+        if not os.access(parent, os.W_OK):
+            raise dc_config.ConfigError('out_dir %s is not writable' % parent)
+        self.ignored = snapshots.incomplete(self.outdir)
+        done = snapshots.complete(self.outdir)
+        if not done:
+            return None
+        last = done[-1]
+        choice = self.cfg.resume
+        if choice == 'ask':
+            if not sys.stdin or not sys.stdin.isatty():
+                raise dc_config.ConfigError(
+                    '%s has snapshots up to iteration %d; not asking without '
+                    'a terminal: set resume to "yes" to continue from it or '
+                    'choose another out_dir/exp_name' % (self.outdir, last))
+            if not ask_resume(self.outdir, last):
+                raise SystemExit('User stopped execution')
+        elif choice == 'no':
+            raise dc_config.ConfigError(
+                '%s already has snapshots (up to iteration %d) and resume is '
+                '"no"' % (self.outdir, last))
+        return last
+
+    def _setup(self):
+        cfg = self.cfg
+        if cfg.gpu is not None and pycaffe.cpu_only():
+            raise dc_config.ConfigError(
+                'gpu=%d requested, but this pycaffe is a CPU-only build'
+                % cfg.gpu)
+        image_set = self._open_images()
+        resume_from = self._check_outdir()
+        os.makedirs(self.outdir, exist_ok=True)
+        self.control.clear()
+        # Loaders first: they fork before the tee and the solver exist.
+        self.loader = BatchLoader(
+            image_set, loader_seeds(cfg, self.outdir), cfg.batch_size,
+            cfg.queue_size, cfg.projection, cfg.tmp_dir, log=runlog.log,
+            shard=cfg.loader_shard, max_restarts=cfg.loader_restarts)
+        self.loader.start()
+        self.tee = runlog.Tee(os.path.join(self.outdir, 'out.log')).start()
+        try:
+            self._log_start(image_set)
+            self._make_solver(self._write_definitions(), resume_from)
+            self.stats = monitor.ParamStats(
+                monitor.tracked_params(self.solver.net))
+            if cfg.gpu is not None:
+                self._start_feed()
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            if self.tee is not None:
+                self.tee.stop()
+
+    def _open_images(self):
+        spec = dc_config.image_source(self.cfg)
+        try:
+            return sources.open_image_source(spec, draft=self.cfg.jpeg_draft)
+        except (OSError, ValueError) as e:
+            raise dc_config.ConfigError('image source %r: %s' % (spec, e))
+
+    def _log_start(self, image_set):
+        runlog.log('deepcontext run %s: %d images from %s'
+                   % (self.outdir, len(image_set), image_set.describe()))
+        runlog.log(self.cfg.describe().replace('\n', '\n    '))
+        for it in self.ignored:
+            runlog.log('ignoring incomplete snapshot model_iter_%d (no valid '
+                       'completion marker): never loaded' % it, level='W')
+
+    def _write_definitions(self):
+        """config.json, the two nets and solver.prototxt; the solver's path."""
+        cfg = self.cfg
+        with open(os.path.join(self.outdir, 'config.json'), 'w') as f:
+            f.write(cfg.to_json())
+        nets.write_nets(self.outdir, cfg.batch_size,
+                        engine=None if cfg.cudnn else 'CAFFE',
+                        debug_info=cfg.debug_info)
+        return dc_solver.write_solver(
+            os.path.join(self.outdir, 'solver.prototxt'),
+            dc_solver.gen_solver(self.outdir, base_lr=cfg.base_lr,
+                                 momentum=cfg.momentum,
+                                 weight_decay=cfg.weight_decay,
+                                 snapshot=cfg.snapshot_every,
+                                 gpu=cfg.gpu is not None))
+
+    def _make_solver(self, solver_path, resume_from):
+        cfg = self.cfg
+        if cfg.gpu is not None:
+            # read by our Caffe build when layers choose their kernels
+            os.environ['CAFFE_TF32'] = '1' if cfg.tf32 else '0'
+            os.environ['CAFFE_CUDNN_WORKSPACE_MB'] = str(
+                cfg.cudnn_workspace_mb)
+        pycaffe.set_mode(cfg.gpu)
+        runlog.log('constructing solver')
+        self.solver = caffe.get_solver(solver_path)
+        if resume_from is not None:
+            state = os.path.join(self.outdir, 'model_iter_%d.solverstate'
+                                 % resume_from)
+            runlog.log('restoring %s' % state)
+            self.solver.restore(state)
+
+    def _start_feed(self):
+        """GPU runs: batches go to the GPU while the previous step runs."""
+        try:
+            self.feed = gpufeed.GpuFeed(self.solver.net, self.loader,
+                                           self.cfg.batch_size)
+        except gpufeed.CudaError as e:
+            runlog.log('inputs go through host memory (no GPU feed: %s)' % e,
+                       level='W')
+            self.feed = None
+
+    # ---- the loop -------------------------------------------------------
+    @property
+    def iter(self):
+        return self.solver.iter
+
+    def step(self):
+        """One training step; returns the norm_loss.
+
+        Caffe snapshots inside the step that reaches a multiple of
+        snapshot_every; the free space is checked before that step and the
+        pair is marked complete after it (snapshots.py).
+        """
+        if (self.solver.iter + 1) % self.cfg.snapshot_every == 0:
+            snapshots.ensure_space(self.outdir, self.solver.net,
+                                      self.solver.iter + 1)
+        t0 = time.time()
+        if self.feed is not None:
+            batch = self.feed.next()
+        else:
+            batch = self.loader.get()
+            pycaffe.set_inputs(self.solver.net, batch.data, batch.pairs,
+                             batch.labels)
+            self.loader.release(batch)
+        t_data = time.time() - t0
+        it = self.solver.iter
+        self.solver.step(1)
+        npairs = len(batch.labels)
+        norm_loss = pycaffe.loss(self.solver.net) / npairs
+        runlog.log('Iteration %d, norm_loss = %.6f, pairs = %d, patches = %d,'
+                   ' queue = %d, data_time = %.4f s, step_time = %.4f s'
+                   % (it, norm_loss, npairs, batch.data.shape[0],
+                      batch.queued, t_data, time.time() - t0))
+        self.steps += 1
+        if self.solver.iter % self.cfg.snapshot_every == 0:
+            snapshots.mark_complete(self.outdir, self.solver.iter)
+            runlog.log('snapshot model_iter_%d complete' % self.solver.iter)
+        return norm_loss
+
+    def _statistics(self):
+        """Every stats_every steps: norms saved, divergence checked."""
+        t0 = time.time()
+        net = self.solver.net
+        self.stats.update(net, self.solver.iter)
+        self.stats.save(self.outdir)
+        problems = monitor.check_divergence(self.stats.intval, self.steps,
+                                            monitor.fc8_weight_sum(net),
+                                            monitor.pool1_max_abs_diff(net))
+        runlog.log('param statistics time: %.3f s' % (time.time() - t0))
+        return problems
+
+    def run(self, max_steps=None):
+        """Train until paused, quit, diverged, or max_iter; return the state.
+
+        ``max_steps`` bounds this call only (tests, benches).
+        """
+        if self.closed:
+            raise RuntimeError('this trainer has quit; start a new one')
+        self.tee.start()
+        self.control.install()
+        self.state = None
+        try:
+            runlog.log('training from iteration %d (touch %s to pause, %s to '
+                       'quit)' % (self.solver.iter, self.control.pause_file,
+                                  self.control.quit_file))
+            taken = 0
+            while self.state is None:
+                if self.steps % self.cfg.stats_every == 0:
+                    problems = self._statistics()
+                    if problems:
+                        for p in problems:
+                            runlog.log(p + '. Please examine the situation '
+                                       'and run the script again to '
+                                       'continue.', level='E')
+                        self.state = DIVERGED
+                        break
+                try:
+                    self.step()
+                except snapshots.SnapshotError as e:
+                    runlog.log(str(e), level='E')
+                    self.state = DISK_FULL
+                    break
+                taken += 1
+                request = self.control.poll()
+                if request == dc_control.QUIT:
+                    self.state = QUIT
+                elif request == dc_control.PAUSE:
+                    self.state = PAUSED
+                elif (self.cfg.max_iter is not None and
+                      self.solver.iter >= self.cfg.max_iter):
+                    self.state = MAX_ITER
+                elif max_steps is not None and taken >= max_steps:
+                    self.state = PAUSED
+            runlog.log('%s at iteration %d' % (self.state, self.solver.iter))
+        except BaseException:
+            self.control.uninstall()
+            self.tee.stop()
+            self.close()
+            raise
+        self.control.uninstall()
+        self.tee.stop()
+        if self.state in (QUIT, MAX_ITER, DISK_FULL):
+            self.close()
+        return self.state
+
+    def close(self):
+        """Stop the loaders; remove control files.  Safe to call twice."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.feed is not None:      # unpins the loader's buffers: first
+            self.feed.close()
+        if self.loader is not None:
+            self.loader.close()
+        if self.tee is not None:
+            self.tee.stop()
+        self.control.clear()
+
+    @property
+    def signal_received(self):
+        return self.control.signal_received
