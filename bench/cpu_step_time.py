@@ -15,6 +15,8 @@ import caffe  # noqa: E402
 
 from deepcontext.data import loader, photos, sources
 from deepcontext.model import nets, pycaffe, solver
+
+
 def measure(image_set, batch_size, steps):
     with tempfile.TemporaryDirectory() as tmp:
         nets.write_nets(tmp, batch_size)

@@ -12,7 +12,6 @@ iterations against ln 8 = 2.079.
 """
 import argparse
 import contextlib
-import math
 import os
 import tempfile
 import time
@@ -21,6 +20,7 @@ import numpy as np
 
 os.environ.setdefault('GLOG_minloglevel', '2')  # before caffe loads glog
 from deepcontext import config  # noqa: E402
+from deepcontext.data.sampling import CHANCE_LOSS  # noqa: E402
 from deepcontext.eval import logparse  # noqa: E402
 from deepcontext.train import trainer  # noqa: E402
 
@@ -82,7 +82,7 @@ def main():
           'norm_loss_last100=%.4f (ln 8 = %.4f) first10=%.4f'
           % (patches / total, 1e3 * total / body.sum(),
              1e3 * np.median(log['step_time'][body]), 100 * data / total,
-             loss[-100:].mean(), math.log(8), loss[:10].mean()))
+             loss[-100:].mean(), CHANCE_LOSS, loss[:10].mean()))
 
 
 if __name__ == '__main__':

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from deepcontext.data import decode, photos, preprocess
+
 TARGETS = (150000, 300000, 450000)
 
 

@@ -12,6 +12,8 @@ import argparse
 import os
 
 from deepcontext.data import loader, photos, sources
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--workers', type=int, nargs='+',

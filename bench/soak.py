@@ -26,6 +26,7 @@ import tempfile
 import time
 
 from deepcontext.train import snapshots
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = '''from deepcontext.data import photos as _d
 images = _d.test_photos()

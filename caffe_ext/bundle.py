@@ -130,6 +130,7 @@ def stage(out, build, cuda_lib):
                     ignore=shutil.ignore_patterns('__pycache__'))
     for name in ('train.py', 'deepcontext_config.py.example', 'README.md'):
         shutil.copy2(os.path.join(ROOT, name), out)
+    shutil.copytree(os.path.join(ROOT, 'docs'), os.path.join(out, 'docs'))
     shutil.copytree(os.path.join(ROOT, 'tools'), os.path.join(out, 'tools'),
                     ignore=shutil.ignore_patterns('__pycache__'))
     # Caffe and the Debian libraries it and Python's modules need

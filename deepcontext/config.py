@@ -30,8 +30,8 @@ KEYS = {
     'jpeg_draft': (False, (bool,),
                    'Decode JPEGs at 1/2, 1/4 or 1/8 scale when still >= 2x '
                    'the resize target: faster, but the images are less sharp '
-                   "than the original's full decodes (README, 'Image sources "
-                   "and LMDB')."),
+                   "than the original's full decodes (docs/tools.md, 'JPEG "
+                   "draft mode')."),
     'tmp_dir': (None, (str,),
                 "Folder (ideally a ramdisk such as /dev/shm) for the "
                 "loaders' batch buffers; None uses anonymous shared memory "
@@ -40,9 +40,10 @@ KEYS = {
             'GPU device id, or None to train on the CPU.'),
     'tf32': (False, (bool,),
              'On a GPU, let fp32 convolutions (cuDNN) and matrix products '
-             '(cuBLAS) use TF32 tensor cores: about 2.5x faster steps on an '
-             "H100, at ~1e-3 relative precision instead of fp32's.  Off by "
-             "default, to keep the original's arithmetic."),
+             '(cuBLAS) use TF32 tensor cores: about 2.2x faster steps on an '
+             "H100 (docs/benchmarks.md), at ~1e-3 relative precision instead "
+             "of fp32's.  Off by default, to keep the original's "
+             'arithmetic.'),
     'cudnn': (True, (bool,),
               "On a GPU, use cuDNN for convolution, LRN and softmax (the "
               "convolution algorithms are timed once per input shape); "
@@ -51,9 +52,9 @@ KEYS = {
     'cudnn_workspace_mb': (1024, (int,),
                            'Workspace cap of a cuDNN convolution, per '
                            'stream (Caffe allocates 3 per layer), in MB.  '
-                           "1024 lets conv2 use FFT algorithms (an H100's "
-                           'fp32 step: 28.7 ms, against 37.7 ms with '
-                           "Caffe's 256); lower it on a small GPU."),
+                           "1024 lets conv2 use FFT algorithms (faster "
+                           "than with Caffe's 256: docs/gpu.md); lower it "
+                           'on a small GPU.'),
     'debug_info': (True, (bool,),
                    "Caffe's per-layer data/diff magnitudes in out.log every "
                    'iteration, as the original had; False drops them (and '

@@ -11,6 +11,7 @@ import caffe
 from deepcontext.data import photos as dc_photos
 from deepcontext.model import pycaffe
 from deepcontext.transfer import calibration, debatchnorm
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

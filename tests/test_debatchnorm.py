@@ -11,6 +11,7 @@ from caffe import layers as L
 from deepcontext.data import batches, photos
 from deepcontext.model import nets, pycaffe
 from deepcontext.transfer import debatchnorm
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, 'tools', 'debatchnorm.py')
 

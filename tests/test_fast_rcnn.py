@@ -12,6 +12,7 @@ import caffe
 from deepcontext.data import decode, photos, preprocess
 from deepcontext.model import pycaffe, solver as dc_solver
 from deepcontext.transfer import calibration, debatchnorm, fast_rcnn
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Fast R-CNN's CaffeNet test net, group-free, in that fork's own syntax.

@@ -25,6 +25,7 @@ import caffe
 import caffe.io
 from caffe.proto import caffe_pb2
 from deepcontext.data import decode, lmdb_source, loader, photos as dc_photos, sources
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # caffe.io's datum helpers use numpy's deprecated tostring / fromstring.

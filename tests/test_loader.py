@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from deepcontext.data import loader, photos as dc_photos, sources
+
+
 @pytest.fixture(scope='module')
 def photos():
     return sources.open_image_source(dc_photos.test_photos())

@@ -11,6 +11,7 @@ import caffe
 from caffe.proto import caffe_pb2
 
 from deepcontext.model import nets, pycaffe, solver as dc_solver
+
 EXPECTED = [
     ('data', 'DummyData', [], ['data']),
     ('select1', 'DummyData', [], ['select1']),

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from deepcontext.eval import logparse, plots
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = ['conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8',
           'fc9']

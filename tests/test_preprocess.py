@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 from deepcontext.data import decode, photos, preprocess as P
+
+
 def resize_2015(im, shape):
     """Independent reference: scikit-image 0.11's resize (warp, order 1).
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from deepcontext.data import sampling as S
+
 CELL = S.PATCH_SIZE + S.GAP
 
 
@@ -105,3 +106,14 @@ def test_target_shape_keeps_aspect_and_pixels():
     assert abs(h * w - 300000) < h + w
     assert abs(w / h - 640 / 480) < 0.01
     assert S.min_image_side() == 2 * 96 + 48 + 7
+
+
+def test_plan_grid_refuses_a_grid_that_cannot_fit_a_batch():
+    """A 2x2 grid (4 patches) never fits a batch of 4 (at most 3 patches)."""
+    asm = S.BatchAssembler(batch_size=4)
+    with pytest.raises(ValueError, match='does not fit a batch of 4'):
+        # 400 px a side: 2 or 3 cells whatever the offset
+        asm.plan_grid((400, 400, 3), random.Random(0))
+    start, cols, rows, closes = S.BatchAssembler(batch_size=10).plan_grid(
+        (400, 400, 3), random.Random(0))
+    assert cols * rows < 10 and not closes

@@ -15,6 +15,7 @@ import os
 
 os.environ.setdefault('GLOG_minloglevel', '2')  # before caffe loads glog
 from deepcontext.data import sources  # noqa: E402
+from deepcontext.data.sampling import CHANCE_LOSS  # noqa: E402
 from deepcontext.eval import pretext, toolargs  # noqa: E402
 
 
@@ -47,9 +48,10 @@ def main():
                  bn_mode=bn_mode)
         print('%s: pretext accuracy %.4f (chance %.4f, majority label '
               '%.4f) on %d pairs from %d images, loss per pair %.4f '
-              '(ln 8 = 2.0794), BatchNorm %s'
+              '(ln 8 = %.4f), BatchNorm %s'
               % (tag, r['accuracy'], r['chance'], r['majority_baseline'],
-                 r['pairs'], r['images'], r['loss_per_pair'], bn_mode))
+                 r['pairs'], r['images'], r['loss_per_pair'], CHANCE_LOSS,
+                 bn_mode))
         results.append(r)
     if args.out:
         toolargs.write_json(args.out, 'pretext.json',

@@ -17,6 +17,8 @@ import argparse
 import sys
 
 from deepcontext.data import imageset, lmdb_source, sources
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('sources', nargs='+', metavar='SOURCE',

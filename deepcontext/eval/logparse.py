@@ -23,7 +23,7 @@ import re
 
 import numpy as np
 
-# The trainer's per-step line (deepcontext/trainer.py, Trainer.step).
+# The trainer's per-step line (deepcontext/train/trainer.py, Trainer.step).
 STEP_LINE = re.compile(
     r'train\.py:\d+\] Iteration (?P<iteration>\d+), '
     r'norm_loss = (?P<norm_loss>\S+), pairs = (?P<pairs>\d+), '

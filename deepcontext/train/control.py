@@ -3,8 +3,10 @@
 ``touch <exp>_pause`` in the working folder: the loop returns after the
 current step, with the solver live.  ``touch <exp>_quit``: the loop stops,
 the loaders stop, and the run ends cleanly.  Ctrl-C (SIGINT) and SIGTERM ask
-for the same clean quit after the current step; a second Ctrl-C interrupts
-at once (cleanup still runs).
+for the same clean quit after the current step; a second Ctrl-C raises
+KeyboardInterrupt (cleanup still runs).  Python runs signal handlers only
+between its own instructions, so neither takes effect inside
+``solver.step``: both act when the step returns.
 """
 import os
 import signal
@@ -43,7 +45,8 @@ class Control:
             raise KeyboardInterrupt
         self.signal_received = signum
         print('received %s: quitting cleanly after this step (Ctrl-C again '
-              'to interrupt now)' % signal.Signals(signum).name, flush=True)
+              'to skip the clean-up steps)' % signal.Signals(signum).name,
+              flush=True)
 
     def install(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
