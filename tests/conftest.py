@@ -10,6 +10,7 @@ os.environ.setdefault('GLOG_minloglevel', '2')
 import caffe  # noqa: E402
 
 from deepcontext.data import batches, photos  # noqa: E402
+from deepcontext.eval import features, neighbours  # noqa: E402
 from deepcontext.model import nets, pycaffe, solver  # noqa: E402
 
 
@@ -77,3 +78,30 @@ def run_train(tmp_path, cfg, *args, timeout=600):
     return subprocess.run([sys.executable, TRAIN, '--config', cfg] +
                           list(args), cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+# ---- evaluation: a trained snapshot, held-out photos, the tools
+BN_EPS = 1e-5   # Caffe's BatchNorm default, as in gen_net
+
+
+def held_out(n):
+    """Test photos the bn_snapshot fixture never trained on."""
+    return photos.test_photos()[4:4 + n]
+
+
+@pytest.fixture(scope='module')
+def trained(bn_snapshot):
+    return features.load_net(bn_snapshot[2])
+
+
+@pytest.fixture(scope='module')
+def patches():
+    return neighbours.sample_patches(held_out(3), per_image=4, seed=0)
+
+
+def run_tool(name, *args):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', name)]
+                       + [str(a) for a in args], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout
