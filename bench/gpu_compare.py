@@ -35,10 +35,11 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         path = nets.write_nets(tmp, batch_size=n, debug_info=False)[0]
         (dc, fc, gc), (dg, fg, gg) = pycaffe.pass_on_devices(path, data, pairs,
-                                                           labels)
+                                                             labels)
     print('%-20s %10s %10s' % ('blob', 'data', 'diff'))
     for k in dc:
-        print('%-20s %10.1e %10.1e' % (k, rel(dg[k], dc[k]), rel(fg[k], fc[k])))
+        print('%-20s %10.1e %10.1e' %
+              (k, rel(dg[k], dc[k]), rel(fg[k], fc[k])))
     print('%-20s %10s' % ('param', 'grad'))
     for k in gc:
         print('%-20s %10.1e' % (k, rel(gg[k], gc[k])))

@@ -117,15 +117,15 @@ def _raw_to_rgb(datum, name):
     if not datum.data:
         if len(datum.float_data):
             raise decode.ImageError(name, 'a float_data Datum, not uint8 '
-                                       'image pixels')
+                                    'image pixels')
         raise decode.ImageError(name, 'a Datum without pixels')
     if c not in (1, 3):
         raise decode.ImageError(name, 'a raw Datum with {} channels (an '
-                                   'image has 1 or 3)'.format(c))
+                                'image has 1 or 3)'.format(c))
     if h < 1 or w < 1 or len(datum.data) != c * h * w:
         raise decode.ImageError(name, 'a raw Datum of shape {}x{}x{} '
-                                   'holds {} bytes'.format(c, h, w,
-                                                           len(datum.data)))
+                                'holds {} bytes'.format(c, h, w,
+                                                        len(datum.data)))
     chw = np.frombuffer(datum.data, dtype=np.uint8).reshape(c, h, w)
     if c == 1:
         return np.repeat(chw.transpose(1, 2, 0), 3, axis=2)
@@ -259,8 +259,8 @@ class LmdbImageSet(ImageSource):
             value = txn.get(key)
         if value is None:
             raise decode.ImageError(self.name(index), 'record missing '
-                                       '(the database changed after it was '
-                                       'opened)')
+                                    '(the database changed after it was '
+                                    'opened)')
         return datum_to_rgb(value, self.name(index),
                             target_pixels if self.draft else None)
 
@@ -434,7 +434,7 @@ def _resume_index(env, db_path, names, raw, max_key):
     match = _KEY_INDEX.match(key)
     index = int(match.group(1)) if match else -1
     if not 0 <= index < len(names) or key != record_key(index, names[index],
-                                                       max_key):
+                                                        max_key):
         raise PackError('{} already holds records of another source: its '
                         'last key is {!r}; pack into a new folder'.format(
                             db_path, key))

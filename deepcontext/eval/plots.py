@@ -19,7 +19,6 @@ from deepcontext.eval import logparse
 from deepcontext.data.sampling import CHANCE_LOSS
 
 
-
 def save(fig, path, dpi=100):
     """Write ``fig`` as a PNG at ``path``; return the path."""
     fig.savefig(path, dpi=dpi, format='png')

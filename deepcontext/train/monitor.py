@@ -38,7 +38,6 @@ def pool1_max_abs_diff(net):
     return float(np.max(np.abs(net.blobs['pool1'].diff)))
 
 
-
 def check_divergence(update_norms, step, fc8_sum, pool1_diff):
     """The original's sanity checks; return a list of problems (strings).
 
