@@ -11,7 +11,8 @@ From a shell::
 
 ``touch train_pause`` pauses after the current step, leaving ``solver`` and
 ``trainer`` live for inspection; run this script again (in the same
-namespace) to continue.  ``touch train_quit`` stops the loaders and ends the
+namespace) to continue.  A failed divergence check does the same in IPython;
+from a shell it ends the process with exit status 3.  ``touch train_quit`` stops the loaders and ends the
 process.  A later start resumes from the newest snapshot in
 OUT_DIR/train_out/ (asking first, as the original did, unless told).
 The control files and the output folder are named after this script: a copy
@@ -40,11 +41,16 @@ def _parse_args():
     return p.parse_args(sys.argv[1:] if mine else [])
 
 
+def _interactive():
+    """True in IPython or an interactive Python (the trainer stays live)."""
+    import builtins
+    return hasattr(builtins, 'get_ipython') or hasattr(sys, 'ps1')
+
+
 if 'trainer' not in globals():
     from deepcontext import config as dc_config
-    from deepcontext.data.loader import LoaderError
-    from deepcontext.train.trainer import (Trainer, QUIT, MAX_ITER,
-                                           DISK_FULL)
+    from deepcontext.train.trainer import (Trainer, PAUSED, DIVERGED,
+                                           EXIT_CONFIG, exit_status)
     _args = _parse_args()
     _over = {k: v for k, v in (('max_iter', _args.max_iter),
                                ('resume', _args.resume)) if v is not None}
@@ -52,19 +58,18 @@ if 'trainer' not in globals():
         trainer = Trainer(dc_config.load(_args.config, **_over),
                           exp_name=_script_name())
     except dc_config.ConfigError as _e:
-        sys.exit('deepcontext: %s' % _e)
+        print('deepcontext: %s' % _e, file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
     solver = trainer.solver
 
-try:
-    _state = trainer.run()
-except LoaderError as _e:
-    # the loaders are closed already; say what happened, without a traceback
-    sys.exit('deepcontext: %s' % _e)
-if _state in (QUIT, MAX_ITER, DISK_FULL):
-    # The original killed its own process on quit; a clean exit here, also
-    # out of IPython, so the loaders and the tee are certainly gone.
-    # DISK_FULL: a snapshot could not be written (disk full): exit status 1.
+_state = trainer.run()
+if _state != PAUSED and not (_state == DIVERGED and _interactive()):
+    # The original killed its own process on quit; an exit here, also out of
+    # IPython, so the loaders and the tee are certainly gone.  The status
+    # says how the run ended (trainer.EXIT_STATUS).  A pause, and in IPython
+    # a divergence, leave solver and trainer live to be examined; a script
+    # that ends after a pause exits 0, its loaders closed at exit.
+    trainer.close()
     sys.stdout.flush()
     sys.stderr.flush()
-    _sig = trainer.signal_received
-    os._exit(128 + _sig if _sig else 1 if _state == DISK_FULL else 0)
+    os._exit(exit_status(_state, trainer.signal_received))

@@ -15,7 +15,7 @@ import caffe
 
 from deepcontext import config as dc_config
 from deepcontext.data import sources
-from deepcontext.data.loader import BatchLoader
+from deepcontext.data.loader import BatchLoader, LoaderError
 from deepcontext.model import nets, pycaffe
 from deepcontext.model import solver as dc_solver
 from deepcontext.train import control as dc_control
@@ -26,7 +26,21 @@ PAUSED = 'paused'        # pause file or max_steps: run() again continues
 QUIT = 'quit'            # quit file or a signal
 DIVERGED = 'diverged'    # a divergence check fired; the solver stays live
 MAX_ITER = 'max_iter'    # the solver reached the config's max_iter
-DISK_FULL = 'stopped'    # a snapshot would not fit on the disk
+STOPPED = 'stopped'      # a snapshot would not fit, or the loaders failed
+DISK_FULL = STOPPED      # the name of earlier releases
+
+# Exit status of train.py from a shell, by how the run ended (README, Fault
+# tolerance).  A signal's quit exits 128 + the signal's number, as shells do.
+# PAUSED from a shell ends the process too, as asked: 0.
+EXIT_STATUS = {QUIT: 0, MAX_ITER: 0, PAUSED: 0, STOPPED: 1, DIVERGED: 3}
+EXIT_CONFIG = 1          # refused before any work (config, out_dir, resume)
+
+
+def exit_status(state, signum=None):
+    """The process's exit status after a run that ended in ``state``."""
+    if signum:
+        return 128 + signum
+    return EXIT_STATUS[state]
 
 
 def output_dir(cfg, exp_name='train'):
@@ -268,9 +282,10 @@ class Trainer:
                         break
                 try:
                     self.step()
-                except snapshots.SnapshotError as e:
+                except (snapshots.SnapshotError, LoaderError) as e:
+                    # in out.log, not only on the terminal: why the run ended
                     runlog.log(str(e), level='E')
-                    self.state = DISK_FULL
+                    self.state = STOPPED
                     break
                 taken += 1
                 request = self.control.poll()
@@ -291,7 +306,7 @@ class Trainer:
             raise
         self.control.uninstall()
         self.tee.stop()
-        if self.state in (QUIT, MAX_ITER, DISK_FULL):
+        if self.state in (QUIT, MAX_ITER, STOPPED):
             self.close()
         return self.state
 
