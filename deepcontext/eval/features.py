@@ -50,7 +50,7 @@ INPUT_SIDE = nets.INPUT_SHAPE[1]   # 96: fc6 is tied to this input size
 CHANNEL_RMS = preprocess.TARGET_RMS * np.sqrt(3.0)
 
 
-def net_param(definition=None, bn_mode='global'):
+def net_param(definition=None, bn_mode='global', force_backward=False):
     """The evaluation definition: the training net, TEST phase, BN mode set.
 
     Parameters
@@ -60,6 +60,9 @@ def net_param(definition=None, bn_mode='global'):
         ``network.prototxt`` or ``network_no_bn.prototxt``); None for
         ``nets.gen_net()`` with BatchNorm.
     bn_mode : 'global' or 'batch'
+    force_backward : bool
+        Backpropagate down to the ``data`` blob (gradients with respect to
+        the input, for filter visualisation).
 
     Returns
     -------
@@ -72,6 +75,7 @@ def net_param(definition=None, bn_mode='global'):
     else:
         proto = pycaffe.read_netparam(definition)
     proto.debug_info = False
+    proto.force_backward = force_backward
     proto.state.phase = caffe_pb2.TEST
     for layer in proto.layer:
         if layer.type == 'BatchNorm':
@@ -86,7 +90,8 @@ def has_bn_statistics(net):
                if layer.type == 'BatchNorm')
 
 
-def load_net(weights=None, definition=None, bn_mode='auto', seed=0):
+def load_net(weights=None, definition=None, bn_mode='auto', seed=0,
+             force_backward=False):
     """A TEST-phase net with a snapshot's weights or random ones.
 
     Parameters
@@ -94,7 +99,7 @@ def load_net(weights=None, definition=None, bn_mode='auto', seed=0):
     weights : str or None
         A ``.caffemodel``; None for Caffe's initialisation (xavier), drawn
         from Caffe's generator seeded with ``seed``.
-    definition : str or None, see :func:`net_param`
+    definition, force_backward : see :func:`net_param`
     bn_mode : 'auto', 'global' or 'batch'
         'auto' is 'global' when every BatchNorm layer has statistics, else
         'batch' (always for a random net).
@@ -112,15 +117,16 @@ def load_net(weights=None, definition=None, bn_mode='auto', seed=0):
         raise FileNotFoundError('no such weights file: %s' % weights)
     caffe.set_random_seed(int(seed))
     first = 'global' if bn_mode == 'auto' else bn_mode
-    net = pycaffe.net_from_param(net_param(definition, first),
-                                 weights=weights)
+    net = pycaffe.net_from_param(
+        net_param(definition, first, force_backward), weights=weights)
     if not any(layer.type == 'BatchNorm' for layer in net.layers):
         return net, 'none'
     if bn_mode != 'auto' or has_bn_statistics(net):
         return net, first
     # No statistics: rebuild in batch mode with the same parameters (copied
     # in memory, not re-read from disk).
-    batch_net = pycaffe.net_from_param(net_param(definition, 'batch'))
+    batch_net = pycaffe.net_from_param(
+        net_param(definition, 'batch', force_backward))
     for name, blobs in net.params.items():
         for src, dst in zip(blobs, batch_net.params[name]):
             dst.data[...] = src.data
@@ -253,6 +259,15 @@ def grid_pool(feat, grid=1, op='max'):
     return np.concatenate(cells, axis=1).astype(np.float32)
 
 
+def image_input(path, side):
+    """An image file as a (3, side, side) network input (aspect not kept).
+
+    The 2015-style bilinear resize of training, then :func:`prep_eval`.
+    """
+    return prep_eval(preprocess.resize_bilinear(
+        decode.load_rgb(path), (side, side)) * 255.0)
+
+
 def image_features(net, paths, layer='relu5', side=224, grid=2, op='max',
                    batch_size=16, seed=0, progress=None):
     """Whole-image conv features: resize, normalise, conv tower, grid pool.
@@ -272,16 +287,61 @@ def image_features(net, paths, layer='relu5', side=224, grid=2, op='max',
     feats = np.empty(len(paths), dtype=object)
     for lo in range(0, len(paths), batch_size):
         idx = order[lo:lo + batch_size]
-        data = np.stack([
-            prep_eval(preprocess.resize_bilinear(
-                decode.load_rgb(paths[i]), (side, side)) * 255.0)
-            for i in idx])
+        data = np.stack([image_input(paths[i], side) for i in idx])
         maps = extract(net, data, [layer], batch_size=len(idx))[layer]
         for i, row in zip(idx, grid_pool(maps, grid, op)):
             feats[i] = row
         if progress is not None:
             progress(min(lo + batch_size, len(paths)), len(paths))
     return np.stack(list(feats))
+
+
+def stream_image_features(net, paths, layers, pool, folder, side=224,
+                          batch_size=16, seed=0, progress=None):
+    """Whole-image features of several layers, written to ``.npy`` files.
+
+    Each batch of images goes once through the conv tower (up to the last
+    of ``layers``); ``pool(layer, maps)`` turns each layer's (B, C, H, W)
+    maps into (B, D) rows, which are written into ``folder/LAYER.npy``
+    (``np.lib.format.open_memmap``), so only one batch of maps is ever in
+    memory.  Images go through in a seeded random order, as in
+    :func:`image_features`; rows are in the order of ``paths``.
+
+    Parameters
+    ----------
+    net : caffe.Net from :func:`load_net`
+    paths : list of image paths
+    layers : list of layer names (conv1 .. pool5 / relu5)
+    pool : callable(layer, maps) -> (B, D) float32
+    folder : str, created if needed
+    side : int, images are resized to side x side
+    progress : callable(done, total), optional
+
+    Returns
+    -------
+    dict layer -> path of its (N, D) float32 ``.npy``
+    """
+    os.makedirs(folder, exist_ok=True)
+    files = {name: os.path.join(folder, name + '.npy') for name in layers}
+    order = np.random.RandomState(seed).permutation(len(paths))
+    out = {}
+    for lo in range(0, len(paths), batch_size):
+        idx = order[lo:lo + batch_size]
+        data = np.stack([image_input(paths[i], side) for i in idx])
+        maps = extract(net, data, list(layers), batch_size=len(idx))
+        for name in layers:
+            rows = pool(name, maps[name])
+            if name not in out:
+                out[name] = np.lib.format.open_memmap(
+                    files[name], mode='w+', dtype=np.float32,
+                    shape=(len(paths), rows.shape[1]))
+            out[name][idx] = rows
+        if progress is not None:
+            progress(min(lo + batch_size, len(paths)), len(paths))
+    for mm in out.values():
+        mm.flush()
+    del out
+    return files
 
 
 def log_softmax(scores):

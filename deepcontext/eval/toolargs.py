@@ -7,6 +7,8 @@ the same definition, for contrast.
 """
 import json
 import os
+import sys
+import time
 
 from deepcontext.eval import features
 from deepcontext.model import pycaffe
@@ -64,5 +66,59 @@ def write_json(out, name, result, log=print):
     path = os.path.join(out, name)
     with open(path, 'w') as f:
         json.dump(result, f, indent=1)
+    log('wrote %s' % path)
+    return path
+
+
+def eta_progress(label, report=print, every_s=20.0):
+    """A ``progress(done, total)`` callable printing rate and ETA.
+
+    One line at the first call, then at most one every ``every_s``
+    seconds, and one at the end.
+    """
+    start, last = time.time(), [None]
+
+    def progress(done, total):
+        now = time.time()
+        if done < total and last[0] is not None and now - last[0] < every_s:
+            return
+        last[0] = now
+        elapsed = now - start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (total - done) / rate if rate > 0 else float('nan')
+        report('%s: %d/%d, %.1f/s, elapsed %.0f s, ETA %.0f s'
+               % (label, done, total, rate, elapsed, eta))
+    return progress
+
+
+# Errors that mean bad input (a file, a layer, a layout), not a bug.
+INPUT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError,
+                ModuleNotFoundError)
+
+
+def run_tool(main, argv=None):
+    """Call ``main(argv)``; bad input ends it with one line and status 2."""
+    try:
+        return main(argv)
+    except INPUT_ERRORS as err:
+        prog = os.path.basename(sys.argv[0])
+        print('%s: error: %s' % (prog, str(err).splitlines()[0]),
+              file=sys.stderr)
+        return 2
+
+
+def check_weights(args):
+    """Refuse a missing --weights or --definition file before any work."""
+    for option in ('weights', 'definition'):
+        path = getattr(args, option, None)
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError('--%s: no such file: %s' % (option, path))
+
+
+def save_figure(fig, out, name, log=print):
+    """Write a matplotlib Figure as ``out/name`` (a PNG); return the path."""
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, name)
+    fig.savefig(path, dpi=100, format='png')
     log('wrote %s' % path)
     return path

@@ -1,0 +1,98 @@
+"""Linear probes on frozen conv1 .. conv5 (Zhang et al. 2017's protocol).
+
+    python tools/probe_layers.py --weights model_iter_N.caffemodel --random \
+        --images TRAIN_SET [--test-images VAL_SET] [--out DIR]
+
+--images is a labelled set: a folder in ImageFolder layout (CLASS/xxx.jpg,
+as ImageNet's and Places' train/) or a list file of "PATH LABEL" lines.
+Without --test-images, a fixed stratified split of it is the test set.
+Each layer's output is average-pooled to about 9,000 dimensions and
+streamed to .npy files; a multinomial logistic regression is trained per
+layer.  Writes probe_layers.json and probe_layers.png (top-1 per layer).
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+os.environ.setdefault('GLOG_minloglevel', '2')  # before caffe loads glog
+from deepcontext.data import labelled, labelled_folder  # noqa: E402
+from deepcontext.eval import layer_probe, toolargs  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    toolargs.add_net_arguments(p)
+    p.add_argument('--images', required=True,
+                   help='labelled set: CLASS/xxx.jpg folder or list file')
+    p.add_argument('--test-images', help='a separate labelled test set '
+                   '(same classes); default: split --images')
+    p.add_argument('--test-fraction', type=float, default=0.5)
+    p.add_argument('--per-class', type=int, default=None,
+                   help='use at most N training images per class')
+    p.add_argument('--layers', nargs='+', default=list(layer_probe.LAYERS))
+    p.add_argument('--side', type=int, default=224,
+                   help='images are resized to side x side')
+    p.add_argument('--batch-size', type=int, default=16)
+    p.add_argument('--keep-features', action='store_true',
+                   help='keep the .npy features under OUT/features/NET/')
+    p.add_argument('--out', help='folder for probe_layers.json and .png')
+    return p.parse_args(argv)
+
+
+def load_sets(args):
+    paths, labels, names = labelled_folder.open_labelled(args.images)
+    if args.per_class:
+        keep = labelled.stratified_subset(labels, args.per_class, args.seed)
+        paths, labels = [paths[i] for i in keep], labels[keep]
+    if not args.test_images:
+        train, test = labelled.fixed_split(labels, args.test_fraction,
+                                           args.seed)
+        return paths, labels, names, train, test
+    tpaths, tlabels, tnames = labelled_folder.open_labelled(args.test_images)
+    if tuple(tnames) != tuple(names):
+        raise ValueError('--test-images has other classes than --images')
+    n = len(paths)
+    return (paths + tpaths, list(labels) + list(tlabels), names,
+            list(range(n)), list(range(n, n + len(tpaths))))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    toolargs.check_weights(args)
+    if args.keep_features and not args.out:
+        raise ValueError('--keep-features needs --out')
+    paths, labels, names, train, test = load_sets(args)
+    labels = np.asarray(labels)
+    print('%d classes, %d train / %d test images'
+          % (len(names), len(train), len(test)))
+    results = {}
+    for tag, net, bn_mode in toolargs.iter_nets(args):
+        folder = (os.path.join(args.out, 'features', tag)
+                  if args.keep_features else None)
+        r = layer_probe.probe_layers(
+            net, paths, labels, train, test, args.layers, args.side,
+            args.batch_size, args.seed, folder,
+            progress=toolargs.eta_progress('%s features' % tag))
+        r['bn_mode'] = bn_mode
+        results[tag] = r
+    majority = results[tag][args.layers[0]]['majority_baseline']
+    for line in layer_probe.table(results, args.layers):
+        print(line)
+    print('chance %.1f%%, majority class %.1f%%'
+          % (100.0 / len(names), 100 * majority))
+    if args.out:
+        toolargs.write_json(args.out, 'probe_layers.json', dict(
+            vars(args), class_names=names, train=len(train), test=len(test),
+            chance=1.0 / len(names), majority_baseline=majority,
+            paper_imagenet=layer_probe.PAPER_IMAGENET,
+            paper_places=layer_probe.PAPER_PLACES, results=results))
+        toolargs.save_figure(layer_probe.figure(
+            results, 1.0 / len(names), majority, args.layers),
+            args.out, 'probe_layers.png')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(toolargs.run_tool(main))
