@@ -17,7 +17,7 @@ os.environ.setdefault('GLOG_minloglevel', '2')  # before caffe loads glog
 import caffe  # noqa: E402
 
 from deepcontext.data import batches, photos  # noqa: E402
-from deepcontext.model import pycaffe  # noqa: E402
+from deepcontext.eval import toolcheck  # noqa: E402
 from deepcontext.transfer import debatchnorm  # noqa: E402
 
 TOLERANCE = 1e-4
@@ -32,7 +32,8 @@ def parse_args():
     p.add_argument('outdefinition', help='output network definition')
     p.add_argument('outmodel', help='output parameters (overwritten)')
     p.add_argument('--images', nargs='+', default=None,
-                   help='images for the check (default: embedded photos)')
+                   help='images for the check: folders, list files or '
+                        'files (default: embedded photos)')
     p.add_argument('--patches', type=int, default=32)
     return p.parse_args()
 
@@ -43,8 +44,9 @@ def verify(args, src_def, dst_def):
               'definition (shapes, padding), so activations cannot be '
               'compared' % args.outdefinition)
         return True
-    data = batches.real_patches(args.images or photos.test_photos(),
-                                args.patches)
+    images = (toolcheck.image_files(args.images).paths if args.images
+              else photos.test_photos())
+    data = batches.real_patches(images, args.patches)
     bn = caffe.Net(args.indefinition, args.inmodel, caffe.TEST)
     folded = caffe.Net(args.outdefinition, args.outmodel, caffe.TEST)
     ok = True
@@ -60,11 +62,13 @@ def verify(args, src_def, dst_def):
 def main():
     args = parse_args()
     caffe.set_mode_cpu()
-    src_def = pycaffe.read_netparam(args.indefinition)
-    dst_def = pycaffe.read_netparam(args.outdefinition)
+    src_def = toolcheck.net_definition(args.indefinition, 'indefinition')
+    dst_def = toolcheck.net_definition(args.outdefinition, 'outdefinition')
+    toolcheck.input_file(args.inmodel, 'inmodel')
     src = caffe.Net(args.indefinition, args.inmodel, caffe.TEST)
     dst = caffe.Net(args.outdefinition, caffe.TEST)
     debatchnorm.debatchnorm(src, src_def, dst)
+    toolcheck.finite_net(dst, 'the folded network')
     dst.save(args.outmodel)
     print('wrote %s' % args.outmodel)
     if not verify(args, src_def, dst_def):
@@ -74,4 +78,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    toolcheck.run(main, 'debatchnorm')

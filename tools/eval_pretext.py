@@ -14,9 +14,8 @@ import argparse
 import os
 
 os.environ.setdefault('GLOG_minloglevel', '2')  # before caffe loads glog
-from deepcontext.data import sources  # noqa: E402
 from deepcontext.data.sampling import CHANCE_LOSS  # noqa: E402
-from deepcontext.eval import pretext, toolargs  # noqa: E402
+from deepcontext.eval import pretext, toolargs, toolcheck  # noqa: E402
 
 
 def parse_args():
@@ -36,7 +35,8 @@ def parse_args():
 
 def main():
     args = parse_args()
-    image_set = sources.open_image_source(args.images)
+    toolcheck.net_files(args)
+    image_set = toolcheck.image_files(args.images)
     paths = image_set.paths[:args.max_images]
     print('evaluating on %d images from %s' % (len(paths),
                                                 image_set.describe()))
@@ -53,6 +53,7 @@ def main():
                  r['pairs'], r['images'], r['loss_per_pair'], CHANCE_LOSS,
                  bn_mode))
         results.append(r)
+    toolcheck.finite_numbers(results, 'pretext.json')
     if args.out:
         toolargs.write_json(args.out, 'pretext.json',
                             {'images': paths, 'seed': args.seed,
@@ -60,4 +61,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    toolcheck.run(main, 'eval_pretext')

@@ -20,7 +20,7 @@ import caffe  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 
 from deepcontext.data import decode, photos  # noqa: E402
-from deepcontext.model import pycaffe  # noqa: E402
+from deepcontext.eval import toolcheck  # noqa: E402
 from deepcontext.transfer import fast_rcnn  # noqa: E402
 
 
@@ -48,8 +48,9 @@ def write(path, proto):
 
 def main():
     args = parse_args()
+    toolcheck.input_file(args.weights, 'weights')
     if any(l.type == 'BatchNorm' for l in
-           pycaffe.read_netparam(args.definition).layer):
+           toolcheck.net_definition(args.definition).layer):
         sys.exit('%s has BatchNorm layers: run tools/debatchnorm.py first'
                  % args.definition)
     scale = (fast_rcnn.measure_input_scale(
@@ -67,6 +68,7 @@ def main():
     src = caffe.Net(args.definition, args.weights, caffe.TEST)
     dst = caffe.Net(out('test.prototxt'), caffe.TEST)
     report = fast_rcnn.transfer(src, dst, args.fc6_mode, scale)
+    toolcheck.finite_net(dst, 'init.caffemodel')
     dst.save(out('init.caffemodel'))
     print('wrote %s' % out('init.caffemodel'))
     with open(out('export.json'), 'w') as f:
@@ -76,4 +78,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    toolcheck.run(main, 'export_fast_rcnn')

@@ -15,7 +15,7 @@ import os
 
 os.environ.setdefault('GLOG_minloglevel', '2')  # before caffe loads glog
 from deepcontext.data import labelled  # noqa: E402
-from deepcontext.eval import probe, toolargs  # noqa: E402
+from deepcontext.eval import probe, toolargs, toolcheck  # noqa: E402
 
 
 def parse_args():
@@ -38,6 +38,7 @@ def parse_args():
 
 def main():
     args = parse_args()
+    toolcheck.net_files(args)
     paths, labels, names = labelled.elpv(args.task)
     if args.per_class:
         keep = labelled.stratified_subset(labels, args.per_class,
@@ -63,6 +64,7 @@ def main():
         diff = results['trained']['accuracy'] - results['random']['accuracy']
         results['trained_minus_random'] = diff
         print('trained - random: %+.4f test accuracy' % diff)
+    toolcheck.finite_numbers(results, 'probe.json')
     if args.out:
         toolargs.write_json(args.out, 'probe.json', dict(
             vars(args), images=len(paths), class_names=names,
@@ -70,4 +72,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    toolcheck.run(main, 'linear_probe')

@@ -16,8 +16,7 @@ import os
 import numpy as np
 
 os.environ.setdefault('GLOG_minloglevel', '2')  # before caffe loads glog
-from deepcontext.data import sources  # noqa: E402
-from deepcontext.eval import neighbours, plots, toolargs  # noqa: E402
+from deepcontext.eval import neighbours, plots, toolargs, toolcheck  # noqa: E402
 
 
 def parse_args():
@@ -38,7 +37,8 @@ def parse_args():
 
 def main():
     args = parse_args()
-    paths = sources.open_image_source(args.images).paths
+    toolcheck.net_files(args)
+    paths = toolcheck.image_files(args.images).paths
     patches, owner, corners = neighbours.sample_patches(
         paths, args.per_image, args.seed)
     queries = np.sort(np.random.RandomState(args.seed).choice(
@@ -63,8 +63,9 @@ def main():
                   % (tag, layer, scores.mean(), path))
             result['nets'][tag]['layers'][layer] = {
                 'neighbours': idx.tolist(), 'correlation': scores.tolist()}
+    toolcheck.finite_numbers(result, 'nn.json')
     toolargs.write_json(args.out, 'nn.json', result)
 
 
 if __name__ == '__main__':
-    main()
+    toolcheck.run(main, 'nn_patches')

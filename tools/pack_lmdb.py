@@ -16,7 +16,8 @@ same command again to continue an interrupted run.  The library code is
 import argparse
 import sys
 
-from deepcontext.data import imageset, lmdb_source, sources
+from deepcontext.data import lmdb_source
+from deepcontext.eval import toolcheck
 
 
 def parse_args(argv=None):
@@ -39,11 +40,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    for source in args.sources:
-        if imageset.lmdb_path(source) is not None:
-            raise SystemExit('pack_lmdb: %s is an LMDB; a SOURCE names '
-                             'image files' % source)
-    image_set = sources.open_image_source(args.sources)
+    image_set = toolcheck.image_files(args.sources)
     print('packing %s into %s (%s)' % (image_set.describe(), args.db,
                                        'raw' if args.raw else 'encoded'),
           file=sys.stderr)
@@ -53,11 +50,11 @@ def main(argv=None):
                                   commit_every=args.commit_every,
                                   limit=args.limit, progress=sys.stderr)
     except lmdb_source.PackError as err:
-        raise SystemExit('pack_lmdb: %s' % err)
+        raise toolcheck.ToolError(err)
     print('%s: %d records; this run wrote %d, skipped %d, from image %d'
           % (args.db, result['records'], result['written'],
              result['skipped'], result['first']), file=sys.stderr)
 
 
 if __name__ == '__main__':
-    main()
+    toolcheck.run(main, 'pack_lmdb')

@@ -8,10 +8,12 @@ original, and why: docs/fidelity.md.
 """
 import os
 import sys
+import tempfile
 import time
 import zlib
 
 import caffe
+import lmdb
 
 from deepcontext import config as dc_config
 from deepcontext.data import sources
@@ -124,6 +126,7 @@ class Trainer:
                 'gpu=%d requested, but this pycaffe is a CPU-only build'
                 % cfg.gpu)
         image_set = self._open_images()
+        self._check_tmp_dir()
         resume_from = self._check_outdir()
         os.makedirs(self.outdir, exist_ok=True)
         self.control.clear()
@@ -152,8 +155,21 @@ class Trainer:
         spec = dc_config.image_source(self.cfg)
         try:
             return sources.open_image_source(spec, draft=self.cfg.jpeg_draft)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, lmdb.Error) as e:   # lmdb: corrupt
             raise dc_config.ConfigError('image source %r: %s' % (spec, e))
+
+    def _check_tmp_dir(self):
+        """tmp_dir must take the loaders' buffer files (tried, not guessed:
+        permissions do not stop root)."""
+        tmp = self.cfg.tmp_dir
+        if tmp is None:
+            return
+        try:
+            os.makedirs(tmp, exist_ok=True)
+            os.rmdir(tempfile.mkdtemp(prefix='deepcontext-check-', dir=tmp))
+        except OSError as e:
+            raise dc_config.ConfigError('tmp_dir %s is not usable: %s'
+                                        % (tmp, e.strerror or e))
 
     def _log_start(self, image_set):
         runlog.log('deepcontext run %s: %d images from %s'
