@@ -23,7 +23,14 @@ $(VENV)/.requirements.stamp: requirements.txt pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $@
 
-venv: sysdeps $(VENV)/.requirements.stamp
+# The loaders' C kernels (deepcontext/data/_patchops.c, loaded with ctypes).
+# -ffp-contract=off keeps every float operation rounding as the numpy one
+# it replaces; no -march, so the library also runs on the GPU machines.
+PATCHOPS := deepcontext/data/_patchops.so
+$(PATCHOPS): deepcontext/data/_patchops.c
+	cc -O3 -ffp-contract=off -fPIC -shared -o $@.tmp $< -lm && mv $@.tmp $@
+
+venv: sysdeps $(VENV)/.requirements.stamp $(PATCHOPS)
 
 caffe: venv
 	@$(PY) caffe_ext/build.py
@@ -49,4 +56,4 @@ bench: setup
 	$(PY) bench/cpu_step_time.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache dist
+	rm -rf $(VENV) .pytest_cache dist $(PATCHOPS)

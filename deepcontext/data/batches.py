@@ -11,10 +11,13 @@ and judge images with the same rule, :func:`usable_image`:
 4. draw ``grids_per_image`` grids from it (``sampling.BatchAssembler``: a
    batch closes before a grid would bring it to ``batch_size`` patches);
 5. crop every patch and preprocess it straight into the batch buffer
-   (``preprocess.prep_patch``).
+   (``preprocess.prep_grid``, one call per grid).
 
 The random draws of one image (size, grids, jitter, colour dropping, noise)
-are taken grid by grid in that order, from the generators given with it.
+are taken grid by grid in that order, from the generators given with it:
+a ``random.Random`` and a numpy ``Generator`` (SFC64) for the noise.
+``reference=True`` runs the numpy code the loaders ran until issue 16
+(noise from a ``RandomState``), which tests and benches compare against.
 """
 import random
 
@@ -28,13 +31,24 @@ from deepcontext.data.imageset import ImageSet, ImageSource
 IMAGE_SEED_STRIDE = 1000003
 
 
-def image_rngs(seed, index):
-    """(random.Random, RandomState) of image ``index`` for a run ``seed``."""
-    s = int(seed) * IMAGE_SEED_STRIDE + int(index)
-    return random.Random(s), np.random.RandomState(s % (2 ** 32))
+def rngs(seed, reference=False):
+    """(random.Random, noise generator) seeded with the integer ``seed``.
+
+    The noise generator is a numpy ``Generator`` on SFC64 (fast float32
+    draws), or with ``reference`` the ``RandomState`` of the numpy code.
+    """
+    seed = int(seed)
+    if reference:
+        return random.Random(seed), np.random.RandomState(seed % (2 ** 32))
+    return random.Random(seed), np.random.Generator(np.random.SFC64(seed))
 
 
-def usable_image(image_set, index, rng, report=print):
+def image_rngs(seed, index, reference=False):
+    """The generators of image ``index`` for a run ``seed`` (:func:`rngs`)."""
+    return rngs(int(seed) * IMAGE_SEED_STRIDE + int(index), reference)
+
+
+def usable_image(image_set, index, rng, report=print, reference=False):
     """Image ``index`` resized to a random size, or None if it is unusable.
 
     Parameters
@@ -43,6 +57,7 @@ def usable_image(image_set, index, rng, report=print):
     index : int
     rng : random.Random, draws the target size
     report : callable(str), told why an image is skipped
+    reference : bool, resize with the numpy code (same result, slower)
 
     Returns
     -------
@@ -55,7 +70,7 @@ def usable_image(image_set, index, rng, report=print):
     except decode.ImageError as err:
         report('skipping image %d: %s' % (index, err))
         return None
-    im = preprocess.resize_to_pixels(im, target)
+    im = preprocess.resize_to_pixels(im, target, reference)
     min_side = sampling.min_image_side()
     if im.shape[0] > min_side and im.shape[1] > min_side:
         return im
@@ -68,19 +83,22 @@ def usable_image(image_set, index, rng, report=print):
 
 def assemble_batches(images, new_buffer, batch_size=sampling.BATCH_SIZE,
                      projection=False,
-                     grids_per_image=sampling.GRIDS_PER_IMAGE):
+                     grids_per_image=sampling.GRIDS_PER_IMAGE,
+                     reference=False):
     """Sample grids from images into batch buffers; yield each full batch.
 
     Parameters
     ----------
     images : iterable of (index, image, rng, nprng)
         Usable resized images (:func:`usable_image`) with the generators
-        their draws come from (``random.Random``, ``np.random.RandomState``).
+        their draws come from (:func:`rngs`: ``random.Random`` and a numpy
+        ``Generator``, or a ``RandomState`` with ``reference``).
     new_buffer : callable() -> (key, (batch_size, 3, 96, 96) float32 array)
         Called when a batch starts; the patches are written into the array.
     batch_size : int, a batch holds fewer patches than this
-    projection : bool, see ``preprocess.prep_patch``
+    projection : bool, see ``preprocess.prep_patch_reference``
     grids_per_image : int
+    reference : bool, preprocess with the numpy code (``prep_grid``)
 
     Yields
     ------
@@ -104,9 +122,8 @@ def assemble_batches(images, new_buffer, batch_size=sampling.BATCH_SIZE,
                 in_batch = []
             base = asm.count
             corners = asm.add(im.shape, start, cols, rows, rng)
-            for i, corner in enumerate(corners):
-                preprocess.prep_patch(preprocess.crop(im, corner), rng, nprng,
-                                      projection, out=out[base + i])
+            preprocess.prep_grid(im, corners, rng, nprng, out[base:],
+                                 projection, reference)
         in_batch.append(index)
     if asm.count:
         count = asm.count
@@ -123,12 +140,13 @@ def as_image_source(images):
 
 def pretext_batches(images, seed=0, batch_size=256,
                     grids_per_image=sampling.GRIDS_PER_IMAGE,
-                    projection=False, report=print):
+                    projection=False, report=print, reference=False):
     """Batches of the pretext task over a finite, ordered set of images.
 
     As training (see the module docstring), except that each image has its
     own generators (:func:`image_rngs` of ``seed`` and its index), so its
-    patches do not depend on the images before or after it.
+    patches do not depend on the images before or after it.  ``reference``
+    runs the numpy code (see the module docstring).
 
     Parameters
     ----------
@@ -145,8 +163,8 @@ def pretext_batches(images, seed=0, batch_size=256,
 
     def seeded():
         for index in range(len(source)):
-            rng, nprng = image_rngs(seed, index)
-            im = usable_image(source, index, rng, report)
+            rng, nprng = image_rngs(seed, index, reference)
+            im = usable_image(source, index, rng, report, reference)
             if im is not None:
                 yield index, im, rng, nprng
 
@@ -155,7 +173,8 @@ def pretext_batches(images, seed=0, batch_size=256,
         return data, data
 
     for data, count, pairs, labels, used in assemble_batches(
-            seeded(), new_buffer, batch_size, projection, grids_per_image):
+            seeded(), new_buffer, batch_size, projection, grids_per_image,
+            reference):
         yield data[:count], pairs, labels, used
 
 

@@ -22,7 +22,6 @@ import mmap
 import multiprocessing as mp
 import os
 import queue
-import random
 import shutil
 import signal
 import tempfile
@@ -123,8 +122,7 @@ def _worker_main(wid, seed, image_set, buffers, free_q, ready_q, batch_size,
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     _die_with_parent()
-    rng = random.Random(seed)
-    nprng = np.random.RandomState(seed)
+    rng, nprng = batches.rngs(seed)
 
     def report(text):
         ready_q.put(('log', 'loader %d: %s' % (wid, text)))
@@ -160,7 +158,7 @@ class BatchLoader:
     seeds : list of int, one per worker
     batch_size : int, a batch holds fewer patches than this
     queue_size : int, batches a worker may have ready
-    projection : bool, see preprocess.prep_patch
+    projection : bool, see preprocess.prep_grid
     tmp_dir : str or None, see module docstring
     log : callable(str) for the workers' messages
     shard : bool, workers split one shared order of the images instead of
