@@ -341,3 +341,20 @@ def test_resize_equals_scikit_image_without_antialiasing(photo, shape):
     np.testing.assert_allclose(P.resize_bilinear(gray, shape),
                                resize(gray, shape, order=1, mode='constant',
                                       anti_aliasing=False), atol=1e-6)
+
+
+def test_c_noise_is_numpys_sfc64_float32_stream():
+    # The same numbers as Generator(SFC64).random(dtype=float32), odd
+    # lengths included (numpy keeps half of a 64-bit word for the next
+    # draw), and the generator left in the same state.
+    for seed in (0, 1, 2 ** 40 + 3):
+        ours = np.random.Generator(np.random.SFC64(seed))
+        numpys = np.random.Generator(np.random.SFC64(seed))
+        for shape in [(3,), (1, 2, 96, 96), (5,), (0,), (4, 2, 96, 96)]:
+            assert np.array_equal(P.uniform_float32(ours, shape),
+                                  numpys.random(shape, np.float32))
+        a, b = ours.bit_generator.state, numpys.bit_generator.state
+        assert np.array_equal(a['state']['state'], b['state']['state'])
+        assert (a['has_uint32'], a['uinteger']) == \
+            (b['has_uint32'], b['uinteger'])
+        assert ours.random() == numpys.random()

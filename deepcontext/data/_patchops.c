@@ -144,6 +144,42 @@ static void kept_channel(const float *img, int width, int x, int y, int keep,
         }
 }
 
+/* numpy's SFC64 (Generator(SFC64).random(dtype=float32)) drawn here, the
+ * same numbers: state s = (a, b, c, counter); each 64-bit output gives two
+ * 32-bit words, low first, the high one kept for the next draw
+ * (has32, u32); a float is the word's top 24 bits times 2^-24. */
+static inline uint64_t sfc64_next(uint64_t *s)
+{
+    uint64_t out = s[0] + s[1] + s[3]++;
+    s[0] = s[1] ^ (s[1] >> 11);
+    s[1] = s[2] + (s[2] << 3);
+    s[2] = ((s[2] << 24) | (s[2] >> 40)) + out;
+    return out;
+}
+
+#define WORD_TO_FLOAT(w) ((float)((uint32_t)(w) >> 8) * (1.0f / 16777216.0f))
+
+void dc_uniform_f32(uint64_t *s, uint32_t *extra, float *out, int64_t n)
+{
+    int64_t i = 0;
+    if (n > 0 && extra[0]) {
+        out[i++] = WORD_TO_FLOAT(extra[1]);
+        extra[0] = 0;
+    }
+    for (; i + 1 < n; i += 2) {
+        uint64_t r = sfc64_next(s);
+        out[i] = WORD_TO_FLOAT(r);
+        out[i + 1] = WORD_TO_FLOAT(r >> 32);
+        extra[1] = (uint32_t)(r >> 32);     /* numpy keeps it, used */
+    }
+    if (i < n) {
+        uint64_t r = sfc64_next(s);
+        out[i] = WORD_TO_FLOAT(r);
+        extra[0] = 1;
+        extra[1] = (uint32_t)(r >> 32);
+    }
+}
+
 /* Sum and sum of squares of n floats (n a multiple of 8) in double, in
  * eight interleaved accumulators: the sums do not wait on each other. */
 static double sum8(const float *a, int n)

@@ -74,7 +74,32 @@ def _lib():
     lib.dc_resize_u8.restype = i32
     lib.dc_prep_grid.argtypes = [ptr, i32, i32, ptr, ptr, ptr, ptr, ptr, f32]
     lib.dc_prep_grid.restype = None
+    lib.dc_uniform_f32.argtypes = [ptr, ptr, ptr, ctypes.c_int64]
+    lib.dc_uniform_f32.restype = None
     return lib
+
+
+def uniform_float32(gen, shape):
+    """``gen.random(shape, np.float32)``, drawn in C for an SFC64 Generator.
+
+    The same numbers, and ``gen`` left in the same state, as numpy's own
+    draw (tests/test_preprocess.py checks both), about 3x faster: numpy
+    calls its generator through a function pointer per number.  Other
+    generators are left to numpy.
+    """
+    bits = gen.bit_generator
+    state = bits.state
+    if state['bit_generator'] != 'SFC64':
+        return gen.random(shape, np.float32)
+    out = np.empty(shape, np.float32)
+    s = np.array(state['state']['state'], np.uint64)
+    extra = np.array([state['has_uint32'], state['uinteger']], np.uint32)
+    _lib().dc_uniform_f32(s.ctypes.data, extra.ctypes.data, out.ctypes.data,
+                          out.size)
+    state['state']['state'] = s
+    state['has_uint32'], state['uinteger'] = int(extra[0]), int(extra[1])
+    bits.state = state
+    return out
 
 
 def _address(a, dtype, what):
@@ -288,7 +313,7 @@ def prep_grid(im, corners, rng, nprng, out, projection=False,
     for i in range(n):
         side[i] = downsample_side(rng)
         keep[i] = rng.randint(0, 2)
-    noise = nprng.random((n, 2) + sampling.PATCH_SHAPE[1:], np.float32)
+    noise = uniform_float32(nprng, (n, 2) + sampling.PATCH_SHAPE[1:])
     return prep_grid_given(im, xy, keep, side, noise, out)
 
 
