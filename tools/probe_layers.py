@@ -12,16 +12,13 @@ layer.  Writes probe_layers.json and probe_layers.png (top-1 per layer).
 """
 import argparse
 import os
-import sys
-
-import numpy as np
 
 os.environ.setdefault('GLOG_minloglevel', '2')  # before caffe loads glog
-from deepcontext.data import labelled, labelled_folder  # noqa: E402
-from deepcontext.eval import layer_probe, toolargs  # noqa: E402
+from deepcontext.eval import layer_probe, toolargs, toolcheck  # noqa: E402
+from deepcontext.eval import transfer_sets  # noqa: E402
 
 
-def parse_args(argv=None):
+def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     toolargs.add_net_arguments(p)
     p.add_argument('--images', required=True,
@@ -38,37 +35,20 @@ def parse_args(argv=None):
     p.add_argument('--keep-features', action='store_true',
                    help='keep the .npy features under OUT/features/NET/')
     p.add_argument('--out', help='folder for probe_layers.json and .png')
-    return p.parse_args(argv)
+    return p.parse_args()
 
 
-def load_sets(args):
-    paths, labels, names = labelled_folder.open_labelled(args.images)
-    if args.per_class:
-        keep = labelled.stratified_subset(labels, args.per_class, args.seed)
-        paths, labels = [paths[i] for i in keep], labels[keep]
-    if not args.test_images:
-        train, test = labelled.fixed_split(labels, args.test_fraction,
-                                           args.seed)
-        return paths, labels, names, train, test
-    tpaths, tlabels, tnames = labelled_folder.open_labelled(args.test_images)
-    if tuple(tnames) != tuple(names):
-        raise ValueError('--test-images has other classes than --images')
-    n = len(paths)
-    return (paths + tpaths, list(labels) + list(tlabels), names,
-            list(range(n)), list(range(n, n + len(tpaths))))
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    toolargs.check_weights(args)
+def main():
+    args = parse_args()
+    toolcheck.net_files(args)
     if args.keep_features and not args.out:
-        raise ValueError('--keep-features needs --out')
-    paths, labels, names, train, test = load_sets(args)
-    labels = np.asarray(labels)
+        raise toolcheck.ToolError('--keep-features needs --out')
+    paths, labels, names, train, test = transfer_sets.single_label_sets(args)
     print('%d classes, %d train / %d test images'
           % (len(names), len(train), len(test)))
     results = {}
     for tag, net, bn_mode in toolargs.iter_nets(args):
+        transfer_sets.check_layers(net, args.layers)
         folder = (os.path.join(args.out, 'features', tag)
                   if args.keep_features else None)
         r = layer_probe.probe_layers(
@@ -82,6 +62,7 @@ def main(argv=None):
         print(line)
     print('chance %.1f%%, majority class %.1f%%'
           % (100.0 / len(names), 100 * majority))
+    toolcheck.finite_numbers(results, 'probe_layers.json')
     if args.out:
         toolargs.write_json(args.out, 'probe_layers.json', dict(
             vars(args), class_names=names, train=len(train), test=len(test),
@@ -91,8 +72,7 @@ def main(argv=None):
         toolargs.save_figure(layer_probe.figure(
             results, 1.0 / len(names), majority, args.layers),
             args.out, 'probe_layers.png')
-    return 0
 
 
 if __name__ == '__main__':
-    sys.exit(toolargs.run_tool(main))
+    toolcheck.run(main, 'probe_layers')

@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from deepcontext.eval import features, probe
+from deepcontext.eval import features, plots, probe
 
 # Probed layers (their outputs after ReLU) and the names the tables use.
 LAYERS = ('relu1', 'relu2', 'relu3', 'relu4', 'relu5')
@@ -65,14 +65,6 @@ def extract_layers(net, paths, folder, layers=LAYERS, side=224,
     return features.stream_image_features(
         net, paths, layers, lambda name, maps: pool_to_target(maps), folder,
         side=side, batch_size=batch_size, seed=seed, progress=progress)
-
-
-def top1(predicted, truth):
-    """Fraction of predictions equal to the truth."""
-    predicted, truth = np.asarray(predicted), np.asarray(truth)
-    if predicted.shape != truth.shape or not len(truth):
-        raise ValueError('need two equal, non-empty label arrays')
-    return float(np.mean(predicted == truth))
 
 
 def probe_files(files, labels, train, test, seed=0, report=print):
@@ -126,10 +118,15 @@ def probe_layers(net, paths, labels, train, test, layers=LAYERS, side=224,
     return result
 
 
+def table_names(layers):
+    """conv1 .. conv5 for relu1 .. relu5; other names as they are."""
+    return [TABLE_NAMES[LAYERS.index(l)] if l in LAYERS else l
+            for l in layers]
+
+
 def table(results, layers=LAYERS):
     """Top-1 (%) per layer and net, as text lines (one row per net)."""
-    names = [TABLE_NAMES[LAYERS.index(l)] if l in LAYERS else l
-             for l in layers]
+    names = table_names(layers)
     lines = ['%-10s' % 'net' + ''.join('%9s' % n for n in names)]
     for tag, res in results.items():
         lines.append('%-10s' % tag + ''.join(
@@ -144,22 +141,12 @@ def figure(results, chance, majority, layers=LAYERS, title=''):
     -------
     matplotlib.figure.Figure
     """
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(6.5, 4))
-    ax = fig.add_subplot(1, 1, 1)
-    x = np.arange(len(layers))
-    for tag, res in results.items():
-        ax.plot(x, [100 * res[l]['accuracy'] for l in layers], marker='o',
-                label=tag)
-    ax.axhline(100 * chance, color='grey', ls=':', label='chance')
-    ax.axhline(100 * majority, color='tab:red', ls='--', lw=1,
-               label='majority class')
-    ax.set_xticks(x)
-    ax.set_xticklabels([TABLE_NAMES[LAYERS.index(l)] if l in LAYERS else l
-                        for l in layers])
-    ax.set_ylabel('top-1 accuracy (%)')
-    ax.set_title(title or 'linear probe per layer')
-    ax.grid(alpha=.3)
-    ax.legend(loc='best', fontsize='small')
-    fig.tight_layout()
-    return fig
+    names = table_names(layers)
+    series = {tag: ([100 * res[l]['accuracy'] for l in layers], None)
+              for tag, res in results.items()}
+    return plots.curves_figure(
+        series, list(range(len(layers))), names, 'layer',
+        'top-1 accuracy (%)', title or 'linear probe per layer',
+        [(100 * chance, 'chance', dict(color='grey', ls=':')),
+         (100 * majority, 'majority class',
+          dict(color='tab:red', ls='--', lw=1))])

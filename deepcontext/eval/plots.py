@@ -242,3 +242,41 @@ def neighbours_figure(patches, queries, indices, scores, title=''):
             for q, row in zip(queries, indices)]
     return montage_figure(rows, scores=[list(s) for s in scores],
                           title=title)
+
+
+def curves_figure(series, xs, xlabels, xlabel, ylabel, title, hlines=(),
+                  logx=False):
+    """Lines of a measure against a setting, one per net (the transfer
+    protocols' plots: top-1 per layer, mAP per k).
+
+    Parameters
+    ----------
+    series : dict tag -> (values, stds or None), in percent
+    xs : x positions; xlabels : their tick labels
+    hlines : (value, label, style dict) reference lines (chance ...)
+    logx : bool, a log2 x axis
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.add_subplot(1, 1, 1)
+    for tag, (values, stds) in series.items():
+        ax.plot(xs, values, marker='o', label=tag)
+        if stds is not None:
+            ax.fill_between(xs, np.subtract(values, stds),
+                            np.add(values, stds), alpha=.2)
+    for value, label, style in hlines:
+        ax.axhline(value, label=label, **style)
+    if logx:
+        ax.set_xscale('log', base=2)
+    ax.set_xticks(xs)
+    ax.set_xticklabels(xlabels)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=.3)
+    ax.legend(loc='best', fontsize='small')
+    fig.tight_layout()
+    return fig

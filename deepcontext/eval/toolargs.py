@@ -7,7 +7,6 @@ the same definition, for contrast.
 """
 import json
 import os
-import sys
 import time
 
 from deepcontext.eval import features
@@ -90,29 +89,6 @@ def eta_progress(label, report=print, every_s=20.0):
                % (label, done, total, rate, elapsed, eta))
     return progress
 
-
-# Errors that mean bad input (a file, a layer, a layout), not a bug.
-INPUT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError,
-                ModuleNotFoundError)
-
-
-def run_tool(main, argv=None):
-    """Call ``main(argv)``; bad input ends it with one line and status 2."""
-    try:
-        return main(argv)
-    except INPUT_ERRORS as err:
-        prog = os.path.basename(sys.argv[0])
-        print('%s: error: %s' % (prog, str(err).splitlines()[0]),
-              file=sys.stderr)
-        return 2
-
-
-def check_weights(args):
-    """Refuse a missing --weights or --definition file before any work."""
-    for option in ('weights', 'definition'):
-        path = getattr(args, option, None)
-        if path and not os.path.isfile(path):
-            raise FileNotFoundError('--%s: no such file: %s' % (option, path))
 
 
 def save_figure(fig, out, name, log=print):
