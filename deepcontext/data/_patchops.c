@@ -67,7 +67,8 @@ int dc_resize_u8(const uint8_t *src, int h, int w, float *out, int oh,
         const uint8_t *s = src + (size_t)r * w * 3;
         float *c = cols + (size_t)r * orow;
         for (int j = 0; j < ow; j++) {
-            const uint8_t *pa = s + (size_t)xa[j] * 3, *pb = s + (size_t)xb[j] * 3;
+            const uint8_t *pa = s + (size_t)xa[j] * 3;
+            const uint8_t *pb = s + (size_t)xb[j] * 3;
             for (int k = 0; k < 3; k++) {
                 float a = ((float)pa[k] - off) * wa[j];
                 float b = ((float)pb[k] - off) * wb[j];
