@@ -20,12 +20,25 @@ every photo with ``load_rgb`` to confirm that they all load.
 
 The packages are located with ``importlib.util.find_spec`` and never
 imported, so none of their code runs.
+
+A fixed train / held-out split (:func:`train_photos`,
+:func:`held_out_photos`; 91 / 28 photos with the pinned packages) keeps
+pictures of one scene on one side: a photo's *scene key* is its file name
+without extension, lower case, without a trailing ``-l``/``-r``/
+``_left``/``_right`` or short number (``-2``, ``_008``, ``flowers4``), and
+with every run of digits cut to its first four (``P1070491`` and
+``P1070505`` are frames of one sequence, ``pexels-7303782`` and
+``pexels-7303995`` one photo shoot).  A photo is held out when
+``zlib.crc32(key) % 3 == 0``: the rule depends on names only, so photos
+added later fall on a side without moving the others.
 """
 
 import argparse
 import importlib.util
 import os
+import re
 import sys
+import zlib
 
 from PIL import Image
 
@@ -167,6 +180,29 @@ def demo_photos():
         Absolute paths, in a fixed order.
     """
     return skimage_photos() + tiktok_photos() + mvtb_photos()
+
+
+def scene_key(path):
+    """The scene a photo belongs to, from its file name (see module doc)."""
+    key = os.path.splitext(os.path.basename(path))[0].lower()
+    key = re.sub(r'[-_](l|r|left|right|\d{1,3})$', '', key)
+    key = re.sub(r'([a-z])\d{1,3}$', r'\1', key)
+    return re.sub(r'(\d{4})\d+', r'\1', key)
+
+
+def is_held_out(path):
+    """True for the photos of the held-out side of the fixed split."""
+    return zlib.crc32(scene_key(path).encode('utf-8')) % 3 == 0
+
+
+def train_photos():
+    """The demo photos the demo trains on (the held-out ones left out)."""
+    return [p for p in demo_photos() if not is_held_out(p)]
+
+
+def held_out_photos():
+    """The demo photos no demo run trains on, for held-out measures."""
+    return [p for p in demo_photos() if is_held_out(p)]
 
 
 def test_photos():

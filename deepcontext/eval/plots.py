@@ -172,7 +172,8 @@ def run_summary(log, window=20):
             'median_data_time': float(np.median(log['data_time']))}
 
 
-def montage_figure(rows, scores=None, title='', row_labels=None):
+def montage_figure(rows, scores=None, title='', row_labels=None,
+                   frame_first=True):
     """A grid of patches: each row a query followed by its neighbours.
 
     Parameters
@@ -183,6 +184,8 @@ def montage_figure(rows, scores=None, title='', row_labels=None):
         under it); optional.
     title : str
     row_labels : list of str, one per row (e.g. the query's image); optional.
+    frame_first : bool, set the first of each row apart (a query); False
+        for rows of equals (e.g. one filter's top images).
 
     Returns
     -------
@@ -197,9 +200,10 @@ def montage_figure(rows, scores=None, title='', row_labels=None):
     for i, row in enumerate(rows):
         y = gap + i * (side + gap)
         for j, patch in enumerate(row):
-            x = gap + j * (side + gap) + (2 * gap if j else 0)
+            x = gap + j * (side + gap) + (2 * gap if j and frame_first
+                                          else 0)
             canvas[y:y + side, x:x + side] = patch
-            if j == 0:   # red frame around the query
+            if j == 0 and frame_first:   # red frame around the query
                 canvas[y - 2:y, x - 2:x + side + 2] = (220, 0, 0)
                 canvas[y + side:y + side + 2, x - 2:x + side + 2] = (220, 0, 0)
                 canvas[y - 2:y + side + 2, x - 2:x] = (220, 0, 0)

@@ -37,11 +37,12 @@ def add_net_arguments(parser):
                         help='GPU device id (default: CPU)')
 
 
-def iter_nets(args, log=print):
+def iter_nets(args, log=print, force_backward=False):
     """Yield (tag, net, bn_mode) for the nets the arguments name.
 
     Nets are built one at a time, so only one is in memory while the
     caller measures it.  Tags are 'trained' and 'random'.
+    ``force_backward`` builds them for gradients w.r.t. the input.
     """
     pycaffe.set_mode(args.gpu)
     specs = []
@@ -51,7 +52,8 @@ def iter_nets(args, log=print):
         specs.append(('random', None))
     for tag, weights in specs:
         net, bn_mode = features.load_net(weights, args.definition,
-                                         args.bn_mode, args.seed)
+                                         args.bn_mode, args.seed,
+                                         force_backward)
         log('%s net (%s), BatchNorm statistics: %s'
             % (tag, weights or 'random initialisation, seed %d' % args.seed,
                bn_mode))

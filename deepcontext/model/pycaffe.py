@@ -115,6 +115,24 @@ def reshape_data_on_gpu(net, shape):
     return blob._gpu_data_ptr
 
 
+def input_gradient(net, layer, top_diff):
+    """Gradient of ``sum(top_diff * top of layer)`` with respect to ``data``.
+
+    The layer's top blob gets ``top_diff`` as its diff and the net runs
+    backward from that layer down to the input (pycaffe's public
+    ``Net.backward(start=...)``); the net must have been built with
+    ``force_backward`` and forwarded on the current input.
+
+    Returns
+    -------
+    float32 array, the shape of the ``data`` blob
+    """
+    top = net.top_names[layer][0]
+    net.blobs[top].diff[...] = top_diff
+    net.backward(start=layer)
+    return np.array(net.blobs['data'].diff, dtype=np.float32)
+
+
 def layer_names(net):
     return list(net._layer_names)
 

@@ -1,0 +1,82 @@
+"""Visual checks of filters (deepcontext/eval/visualize.py,
+tools/visualize_filters.py).
+
+The backward pass to the data blob is checked where the answer is known by
+construction: the gradient of one conv1 response with respect to the input
+is that filter's kernel, placed at its receptive field, and zero elsewhere.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, held_out, run_tool
+from deepcontext.eval import features, visualize
+
+
+@pytest.fixture(scope='module')
+def net(bn_snapshot):
+    return features.load_net(bn_snapshot[2], force_backward=True)[0]
+
+
+def test_conv1_gradient_is_the_kernel(net):
+    x = np.random.RandomState(0).randn(2, 3, 96, 96).astype(np.float32)
+    filters = np.array([3, 17])
+    _, grad = visualize.unit_gradient(net, x, 'conv1', filters)
+    side = net.blobs['conv1'].data.shape[2]   # 24: (96 + 2*5 - 11)/4 + 1
+    c = side // 2
+    y0 = 4 * c - 5                            # stride 4, pad 5
+    for i, f in enumerate(filters):
+        kernel = net.params['conv1'][0].data[f]
+        window = grad[i][:, y0:y0 + 11, y0:y0 + 11]
+        assert np.allclose(window, kernel, atol=1e-6)
+        assert np.abs(grad[i]).sum() == pytest.approx(np.abs(kernel).sum(),
+                                                      rel=1e-5)
+
+
+def test_top_images_by_hand():
+    resp = np.array([[1., 5.], [3., 5.], [2., 0.], [9., 1.]])
+    # filter 0: 9 (image 3), 3 (1), 2 (2); filter 1: 5, 5 (tie: 0 before
+    # 1), 1 (image 3).
+    assert visualize.top_images(resp, [0, 1], 3).tolist() == \
+        [[3, 1, 2], [0, 1, 3]]
+    assert visualize.top_images(resp, [1], 9).shape == (1, 4)
+
+
+def test_gradient_ascent_raises_the_response(net):
+    x, start, end, layer = visualize.gradient_ascent(net, 'relu3', [0, 1, 2],
+                                                     steps=12)
+    assert layer == 'conv3' and x.shape == (3, 3, 96, 96)
+    assert np.all(end > start)
+    assert visualize.to_display(x[0]).dtype == np.uint8
+
+
+def test_visualize_tool(bn_snapshot, tmp_path):
+    run_tool('visualize_filters.py', '--weights', bn_snapshot[2], '--random',
+             '--layer', 'relu2', '--num-filters', '3', '--top', '3',
+             '--steps', '4', '--side', '96', '--images', *held_out(4),
+             '--out', tmp_path)
+    res = json.loads((tmp_path / 'visualize.json').read_text())
+    for tag in ('trained', 'random'):
+        assert (tmp_path / ('top9_%s.png' % tag)).stat().st_size > 1000
+        assert (tmp_path / ('ascent_%s.png' % tag)).stat().st_size > 1000
+        r = res['results'][tag]
+        assert len(r['top_images']) == 3 and len(r['top_images'][0]) == 3
+        assert all(a >= b for row in r['top_responses']
+                   for a, b in zip(row, row[1:]))
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--layer', 'relu9'], 'unknown layer relu9'),
+    (['--filters', '999'], 'filters 0..'),
+])
+def test_visualize_tool_refuses(tmp_path, args, message):
+    r = subprocess.run([sys.executable, os.path.join(
+        ROOT, 'tools', 'visualize_filters.py'), '--out', str(tmp_path),
+        '--images', held_out(1)[0]] + args, capture_output=True, text=True,
+        timeout=300)
+    assert r.returncode != 0 and 'Traceback' not in r.stderr
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1
