@@ -35,6 +35,9 @@ def _parse_args():
                    help='stop at this solver iteration (config max_iter)')
     p.add_argument('--resume', choices=('ask', 'yes', 'no'), default=None,
                    help='when snapshots exist (config resume)')
+    p.add_argument('--quiet', action='store_true',
+                   help="the terminal leaves out Caffe's INFO lines (out.log "
+                        "keeps them)")
     # In IPython, exec(open('train.py').read()) sees IPython's own argv.
     mine = os.path.basename(sys.argv[0] or '') == os.path.basename(
         globals().get('__file__') or '')
@@ -56,7 +59,7 @@ if 'trainer' not in globals():
                                ('resume', _args.resume)) if v is not None}
     try:
         trainer = Trainer(dc_config.load(_args.config, **_over),
-                          exp_name=_script_name())
+                          exp_name=_script_name(), quiet=_args.quiet)
     except dc_config.ConfigError as _e:
         print('deepcontext: %s' % _e, file=sys.stderr)
         sys.exit(EXIT_CONFIG)

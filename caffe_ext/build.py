@@ -80,6 +80,16 @@ CUDA_HOME = os.environ.get('CUDA_HOME', '/usr/local/cuda')
 
 # Caffe tools copied next to the venv's python (used by benches and tests).
 TOOLS = ['caffe', 'convert_imageset', 'compute_image_mean']
+# Caffe's Python scripts (Python 3 by python3-scripts.patch), source path ->
+# name in the venv's bin/, where they run with the venv's python: e.g.
+# `.venv/bin/parse_log.py OUT_DIR/train_out/out.log .` reads a run's log.
+SCRIPTS = {'tools/extra/parse_log.py': 'parse_log.py',
+           'tools/extra/parse_log.sh': 'parse_log.sh',
+           'tools/extra/extract_seconds.py': 'extract_seconds.py',
+           'tools/extra/plot_training_log.py.example': 'plot_training_log.py',
+           'python/draw_net.py': 'draw_net.py',
+           'python/classify.py': 'classify.py',
+           'python/train.py': 'train.py'}
 
 
 def log(msg):
@@ -452,6 +462,7 @@ def install_into_site(root, tests):
         rel = os.path.relpath(dst, bindir)
         subprocess.run(['patchelf', '--set-rpath', '$ORIGIN/' + rel, path],
                        check=True)
+    install_scripts(os.path.join(root, 'src'), bindir)
     testbin = os.path.join(root, 'build', 'test', 'test.testbin')
     with open(os.path.join(dst, 'BUILD_INFO'), 'w') as f:
         f.write('source: Debian caffe %s\nbuild: %s\ntestbin: %s\n'
@@ -460,6 +471,21 @@ def install_into_site(root, tests):
                                     'yes' if '-DCPU_ONLY=ON' in CPU_OPTIONS
                                     else 'no'))
     log('installed pycaffe into %s' % dst)
+
+
+def install_scripts(src, bindir):
+    """Caffe's Python scripts (SCRIPTS) into bindir, run by this Python."""
+    for rel, name in SCRIPTS.items():
+        with open(os.path.join(src, rel)) as f:
+            text = f.read()
+        shebang = '#!/usr/bin/env python\n'
+        if text.startswith(shebang):
+            text = '#!%s\n%s' % (sys.executable, text[len(shebang):])
+        path = os.path.join(bindir, name)
+        with open(path, 'w') as f:
+            f.write(text)
+        os.chmod(path, 0o755)
+    log('installed %s into %s' % (', '.join(SCRIPTS.values()), bindir))
 
 
 def parse_args():

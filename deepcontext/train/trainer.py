@@ -12,16 +12,19 @@ import tempfile
 import time
 import zlib
 
-import caffe
 import lmdb
 
-from deepcontext import config as dc_config
-from deepcontext.data import sources
-from deepcontext.data.loader import BatchLoader, LoaderError
-from deepcontext.model import nets, pycaffe
-from deepcontext.model import solver as dc_solver
-from deepcontext.train import control as dc_control
-from deepcontext.train import gpufeed, monitor, runlog, snapshots
+from deepcontext.train import runlog
+runlog.glog_2015_prefix()   # before Caffe loads glog: one prefix in out.log
+import caffe  # noqa: E402
+
+from deepcontext import config as dc_config  # noqa: E402
+from deepcontext.data import sources  # noqa: E402
+from deepcontext.data.loader import BatchLoader, LoaderError  # noqa: E402
+from deepcontext.model import nets, pycaffe  # noqa: E402
+from deepcontext.model import solver as dc_solver  # noqa: E402
+from deepcontext.train import control as dc_control  # noqa: E402
+from deepcontext.train import gpufeed, monitor, snapshots  # noqa: E402
 
 # How a call of Trainer.run ended; the words are written to out.log.
 PAUSED = 'paused'        # pause file or max_steps: run() again continues
@@ -74,9 +77,10 @@ class Trainer:
     exp_name : str, names the output folder (<out_dir>/<exp_name>_out) and
         the control files (<exp_name>_pause, <exp_name>_quit)
     workdir : folder watched for the control files
+    quiet : the terminal leaves out Caffe's INFO lines; out.log keeps them
     """
 
-    def __init__(self, cfg, exp_name='train', workdir='.'):
+    def __init__(self, cfg, exp_name='train', workdir='.', quiet=False):
         self.cfg = cfg
         self.exp_name = cfg.exp_name or exp_name
         self.outdir = output_dir(cfg, exp_name)
@@ -85,6 +89,8 @@ class Trainer:
         self.solver = None
         self.feed = None
         self.tee = None
+        self.quiet = quiet
+        self.solver_param = None
         self.steps = 0          # steps taken by this Trainer
         self.state = None
         self.stats = None
@@ -136,7 +142,8 @@ class Trainer:
             cfg.queue_size, cfg.projection, cfg.tmp_dir, log=runlog.log,
             shard=cfg.loader_shard, max_restarts=cfg.loader_restarts)
         self.loader.start()
-        self.tee = runlog.Tee(os.path.join(self.outdir, 'out.log')).start()
+        self.tee = runlog.Tee(os.path.join(self.outdir, 'out.log'),
+                              quiet=self.quiet).start()
         try:
             self._log_start(image_set)
             self._make_solver(self._write_definitions(), resume_from)
@@ -187,13 +194,12 @@ class Trainer:
         nets.write_nets(self.outdir, cfg.batch_size,
                         engine=None if cfg.cudnn else 'CAFFE',
                         debug_info=cfg.debug_info)
+        self.solver_param = dc_solver.gen_solver(
+            self.outdir, base_lr=cfg.base_lr, momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay, snapshot=cfg.snapshot_every,
+            gpu=cfg.gpu is not None)
         return dc_solver.write_solver(
-            os.path.join(self.outdir, 'solver.prototxt'),
-            dc_solver.gen_solver(self.outdir, base_lr=cfg.base_lr,
-                                 momentum=cfg.momentum,
-                                 weight_decay=cfg.weight_decay,
-                                 snapshot=cfg.snapshot_every,
-                                 gpu=cfg.gpu is not None))
+            os.path.join(self.outdir, 'solver.prototxt'), self.solver_param)
 
     def _make_solver(self, solver_path, resume_from):
         cfg = self.cfg
@@ -282,6 +288,8 @@ class Trainer:
         self.control.install()
         self.state = None
         try:
+            runlog.solving(pycaffe.read_netparam(self.solver_param.net).name,
+                           self.solver_param.lr_policy)
             runlog.log('training from iteration %d (touch %s to pause, %s to '
                        'quit)' % (self.solver.iter, self.control.pause_file,
                                   self.control.quit_file))
