@@ -55,10 +55,11 @@ KEYS = {
                            "1024 lets conv2 use FFT algorithms (faster "
                            "than with Caffe's 256: docs/gpu.md); lower it "
                            'on a small GPU.'),
-    'debug_info': (True, (bool,),
-                   "Caffe's per-layer data/diff magnitudes in out.log every "
-                   'iteration, as the original had; False drops them (and '
-                   'their device synchronisations: a few % on a fast GPU).'),
+    'debug_info': (False, (bool,),
+                   "True: Caffe's per-layer data/diff magnitudes "
+                   '([Forward]/[Backward] lines) in out.log every iteration. '
+                   "Off, as the original was in effect: its net's flag is "
+                   "overridden by the solver's, which it left false."),
     'exp_name': (None, (str,),
                  "Experiment name; None uses the training script's name "
                  "('train' for train.py), as the original did."),

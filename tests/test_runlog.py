@@ -97,3 +97,21 @@ def test_terminal_filter_hides_caffe_info_only():
     shown = f.feed(data[:97]) + f.feed(data[97:]) + f.flush()
     assert shown.split(b'\n') == [lines[i] for i in (0, 1, 8, 10, 11, 12,
                                                      13)]
+
+
+def test_debug_info_logs_forward_and_backward_when_on(tmp_path):
+    cfg = write_config(tmp_path, debug_info=True, snapshot_every=1000)
+    train(tmp_path, cfg, 2)
+    out = tmp_path / 'out' / 'train_out'
+    assert 'debug_info: true' in (out / 'solver.prototxt').read_text()
+    text = (out / 'out.log').read_text()
+    assert '[Forward] Layer conv1, top blob conv1 data:' in text
+    assert '[Backward] Layer conv1, param blob 0 diff:' in text
+    # the default, as the original in effect: no per-layer lines
+    (tmp_path / 'off').mkdir()
+    cfg = write_config(tmp_path, debug_info=False, snapshot_every=1000,
+                       out_dir=str(tmp_path / 'off'))
+    train(tmp_path, cfg, 2)
+    off = tmp_path / 'off' / 'train_out'
+    assert 'debug_info:' not in (off / 'solver.prototxt').read_text()
+    assert '[Forward]' not in (off / 'out.log').read_text()

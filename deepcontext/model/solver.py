@@ -17,7 +17,7 @@ MAX_ITER = 1000000000   # "forever": training stops on quit, not on max_iter
 
 def gen_solver(outdir, net_file='network.prototxt', base_lr=BASE_LR,
                momentum=0.0, weight_decay=0.0, snapshot=SNAPSHOT_EVERY,
-               gpu=False, max_iter=MAX_ITER):
+               gpu=False, max_iter=MAX_ITER, debug_info=False):
     """The training solver as a SolverParameter.
 
     Parameters
@@ -27,6 +27,10 @@ def gen_solver(outdir, net_file='network.prototxt', base_lr=BASE_LR,
         ``model_iter_N.caffemodel`` / ``.solverstate``.
     gpu : bool
         solver_mode GPU (as the original) or CPU.
+    debug_info : bool
+        Caffe's per-layer log every displayed step.  Solver::Step sets the
+        net's flag from this one (``display && debug_info``), so the net's
+        own ``debug_info`` (the original's, kept) has no effect in training.
 
     Returns
     -------
@@ -46,6 +50,8 @@ def gen_solver(outdir, net_file='network.prototxt', base_lr=BASE_LR,
     s.solver_mode = (caffe_pb2.SolverParameter.GPU if gpu
                      else caffe_pb2.SolverParameter.CPU)
     s.display = 1
+    if debug_info:          # unset when off: the original's solver file
+        s.debug_info = True
     return s
 
 

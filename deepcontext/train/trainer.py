@@ -191,13 +191,14 @@ class Trainer:
         cfg = self.cfg
         with open(os.path.join(self.outdir, 'config.json'), 'w') as f:
             f.write(cfg.to_json())
+        # The nets keep the original's debug_info: true; in training only
+        # the solver's flag counts (Solver::Step sets the net's from it).
         nets.write_nets(self.outdir, cfg.batch_size,
-                        engine=None if cfg.cudnn else 'CAFFE',
-                        debug_info=cfg.debug_info)
+                        engine=None if cfg.cudnn else 'CAFFE')
         self.solver_param = dc_solver.gen_solver(
             self.outdir, base_lr=cfg.base_lr, momentum=cfg.momentum,
             weight_decay=cfg.weight_decay, snapshot=cfg.snapshot_every,
-            gpu=cfg.gpu is not None)
+            gpu=cfg.gpu is not None, debug_info=cfg.debug_info)
         return dc_solver.write_solver(
             os.path.join(self.outdir, 'solver.prototxt'), self.solver_param)
 
