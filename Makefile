@@ -17,10 +17,12 @@ all: setup
 sysdeps:
 	@bash caffe_ext/sysdeps.sh
 
-$(VENV)/.requirements.stamp: requirements.txt pyproject.toml
+# The venv's IPython gets execfile() (deepcontext/train/ipython.py).
+$(VENV)/.requirements.stamp: requirements.txt pyproject.toml deepcontext/train/ipython.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	$(PY) -m deepcontext.train.ipython --install
 	@touch $@
 
 # The loaders' C kernels (deepcontext/data/_patchops.c, loaded with ctypes).

@@ -2,7 +2,7 @@
 
 In IPython (the original way; the namespace keeps the solver across pauses)::
 
-    %run -i train.py            # or: exec(open('train.py').read())
+    execfile('train.py')        # or: %run -i train.py
 
 From a shell::
 
