@@ -1,0 +1,80 @@
+"""VOC07 classification by fine-tuning (Kraehenbuehl et al.'s protocol).
+
+    python tools/voc_classify.py --weights model_iter_N.caffemodel --random \
+        --voc VOCdevkit/VOC2007 [--train-from conv1] [--iters 80000] \
+        [--batch-size 10] [--out DIR]
+
+conv1 .. conv5 of the snapshot (and fc6 when its shape fits) start a
+20-class multi-label classifier (sigmoid cross-entropy, difficult labels
+ignored) trained on trainval with random crops and flips; layers before
+--train-from stay fixed (conv1: all layers, fc6: the head only).  Test:
+10 crops per image, per-class AP (VOC07 11-point) and mAP.  --images
+instead of --voc takes a single-label set with one-hot targets.  Writes
+voc_classify.json and voc_classify.png.
+"""
+import argparse
+import os
+
+os.environ.setdefault('GLOG_minloglevel', '2')  # before caffe loads glog
+from deepcontext.eval import toolargs, toolcheck  # noqa: E402
+from deepcontext.eval import transfer_sets, voc_classify  # noqa: E402
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    toolargs.add_net_arguments(p)
+    transfer_sets.add_set_arguments(p)
+    p.add_argument('--train-from', default='conv1',
+                   choices=voc_classify.TRAINABLE)
+    p.add_argument('--iters', type=int, default=1000)
+    p.add_argument('--batch-size', type=int, default=10)
+    p.add_argument('--base-lr', type=float, default=1e-3)
+    p.add_argument('--side', type=int, default=227, help='crop side')
+    p.add_argument('--resize', type=int, default=256,
+                   help='images are resized to resize x resize first')
+    p.add_argument('--fc-dims', type=int, nargs=2, default=[4096, 4096])
+    p.add_argument('--out', required=True)
+    return p.parse_args()
+
+
+def main():
+    args = parse_args()
+    toolcheck.net_files(args)
+    if not 0 < args.side <= args.resize:
+        raise toolcheck.ToolError('need 0 < --side <= --resize')
+    s = transfer_sets.multilabel_sets(args)
+    print('%s: %d classes, %d train / %d test images'
+          % (s['source'], len(s['class_names']), len(s['train']),
+             len(s['test'])))
+    train = voc_classify.resized_images(
+        s['train'], args.resize, toolargs.eta_progress('resizing train'))
+    test = voc_classify.resized_images(
+        s['test'], args.resize, toolargs.eta_progress('resizing test'))
+    results = {}
+    for tag, net, bn_mode in toolargs.iter_nets(args):
+        r = voc_classify.fine_tune(
+            net, train, s['train_labels'], test, s['test_labels'],
+            os.path.join(args.out, tag), args.side, args.train_from,
+            args.iters, args.batch_size, args.base_lr, args.fc_dims,
+            args.seed, args.gpu is not None,
+            progress=toolargs.eta_progress('%s fine-tuning' % tag))
+        r['bn_mode'] = bn_mode
+        results[tag] = r
+        print('%s: mAP %.1f%% (loss %.3f -> %.3f, %.0f s training)'
+              % (tag, 100 * r['map'], r['loss'][0], r['loss'][-1],
+                 r['train_time']))
+    print('random scores would give about %.1f%% mAP; the paper: %s'
+          % (100 * transfer_sets.random_map(s['test_labels']),
+             ', '.join('%s %.1f' % kv
+                       for kv in voc_classify.PAPER_MAP.items())))
+    toolcheck.finite_numbers(results, 'voc_classify.json')
+    toolargs.write_json(args.out, 'voc_classify.json', dict(
+        vars(args), source=s['source'], class_names=s['class_names'],
+        random_scores_map=transfer_sets.random_map(s['test_labels']),
+        paper_map=voc_classify.PAPER_MAP, results=results))
+    toolargs.save_figure(voc_classify.figure(results, s['class_names']),
+                         args.out, 'voc_classify.png')
+
+
+if __name__ == '__main__':
+    toolcheck.run(main, 'voc_classify')
