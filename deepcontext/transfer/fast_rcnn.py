@@ -16,20 +16,37 @@ summarises the four quadrants.  This is our reading of the paper's
 "conv6" conversion; ``fc6_mode='roi3x3'`` instead pools each ROI to 3x3 and
 keeps fc6 as it is.
 
+conv1 keeps the padding of 5 it was trained with (the conv tower is the
+patch network's, so a conv5 cell sits where it sat in training);
+learning-rate multipliers are Fast R-CNN's CaffeNet ones: conv1 frozen
+(lr_mult 0), weights 1, biases 2 without weight decay.  The test net
+declares its inputs in the old ``input:``/``input_shape`` form, which the
+Fast R-CNN Caffe fork parses (it predates the Input layer).
+
 Inputs: Fast R-CNN feeds BGR images minus its pixel means [102.98, 115.95,
 122.77] in 0-255 units; our network saw RGB patches with each patch's mean
 removed and scaled to RMS 50.  conv1's input channels are therefore
-reversed (RGB -> BGR, exact), and its weights can be multiplied by an
-``input_scale`` (50 / the RMS of Fast R-CNN's input on real images, see
-:func:`measure_input_scale`; 1 keeps them bit-identical).
-"""
-import numpy as np
+reversed (RGB -> BGR, exact), and its weights are multiplied by an
+``input_scale``, by default 50 / the RMS of Fast R-CNN's input on the
+calibration images (:func:`measure_input_scale`), so conv1 sees inputs of
+the size it was trained on; the per-patch mean removal has no equivalent.
 
+:func:`export` is the whole recipe: fold BatchNorm, transfer into the
+detection net, initialise the fresh layers (fc7, cls_score, bbox_pred) on
+real images with real RoIs, calibrate the net that will be fine-tuned
+(deepcontext/transfer/calibration.py), and write the files.
+"""
+import json
+import os
+
+import numpy as np
 from caffe import layers as L, NetSpec
 from caffe.proto import caffe_pb2
+from google.protobuf import text_format
 
-from deepcontext.data import preprocess, sampling
-from deepcontext.model import nets
+from deepcontext.data import batches, decode, preprocess, sampling
+from deepcontext.model import nets, pycaffe
+from deepcontext.transfer import calibration, debatchnorm, detector
 
 PIXEL_MEANS_BGR = np.array([102.9801, 115.9465, 122.7717])  # Fast R-CNN's
 SPATIAL_SCALE = 1.0 / 16   # conv5 stride of CaffeNet-style nets
@@ -39,8 +56,33 @@ def _gaussian(std):
     return dict(type='gaussian', std=std)
 
 
+def set_lr_mults(proto):
+    """Fast R-CNN's CaffeNet multipliers: conv1 frozen; weights lr 1 with
+    decay, biases lr 2 without."""
+    for layer in proto.layer:
+        if layer.type in ('Convolution', 'InnerProduct'):
+            del layer.param[:]
+            frozen = layer.name == 'conv1'
+            layer.param.add(lr_mult=0 if frozen else 1,
+                            decay_mult=0 if frozen else 1)
+            layer.param.add(lr_mult=0 if frozen else 2, decay_mult=0)
+    return proto
+
+
+def old_style_inputs(proto):
+    """Input layers turned into ``input:``/``input_shape`` declarations."""
+    inputs = [l for l in proto.layer if l.type == 'Input']
+    for layer in inputs:
+        proto.input.append(layer.top[0])
+        proto.input_shape.add().CopyFrom(layer.input_param.shape[0])
+    kept = [l for l in proto.layer if l.type != 'Input']
+    del proto.layer[:]
+    proto.layer.extend(kept)
+    return proto
+
+
 def gen_net(num_classes=21, train=True, fc6_mode='conv6',
-            data_layer='python'):
+            data_layer='python', conv1_pad=5):
     """Fast R-CNN CaffeNet (no groups) with our layer names.
 
     Parameters
@@ -51,6 +93,7 @@ def gen_net(num_classes=21, train=True, fc6_mode='conv6',
     data_layer : 'python' -- Fast R-CNN's roi_data_layer.layer.RoIDataLayer,
         so the file runs in Fast R-CNN's own tools -- or 'input' (Input
         layers, for feeding from pycaffe)
+    conv1_pad : 5, as the patch network was trained
     """
     n = NetSpec()
     if not train:
@@ -67,7 +110,7 @@ def gen_net(num_classes=21, train=True, fc6_mode='conv6',
         n.labels = L.Input(shape=dict(dim=[1]))
         n.bbox_targets = L.Input(shape=dict(dim=[1, 4 * num_classes]))
         n.bbox_loss_weights = L.Input(shape=dict(dim=[1, 4 * num_classes]))
-    relu5 = nets.conv_tower(n, n.data, conv1_pad=0)
+    relu5 = nets.conv_tower(n, n.data, conv1_pad=conv1_pad)
     if fc6_mode == 'conv6':
         n.roi_pool5 = L.ROIPooling(relu5, n.rois, roi_pooling_param=dict(
             pooled_w=6, pooled_h=6, spatial_scale=SPATIAL_SCALE))
@@ -96,15 +139,15 @@ def gen_net(num_classes=21, train=True, fc6_mode='conv6',
                                      n.bbox_loss_weights, loss_weight=1)
     else:
         n.cls_prob = L.Softmax(n.cls_score)
-    proto = n.to_proto()
+    proto = set_lr_mults(n.to_proto())
     proto.name = 'CaffeNet_nogroups_deepcontext'
-    return proto
+    return proto if train else old_style_inputs(proto)
 
 
 def gen_solver(train_net, snapshot_prefix):
-    """Fast R-CNN's CaffeNet solver settings."""
+    """Fast R-CNN's CaffeNet solver settings (train_net made absolute)."""
     s = caffe_pb2.SolverParameter()
-    s.train_net = train_net
+    s.train_net = os.path.abspath(train_net)
     s.base_lr = 0.001
     s.lr_policy = 'step'
     s.gamma = 0.1
@@ -163,3 +206,155 @@ def measure_input_scale(image_arrays, size=sampling.PATCH_SIZE):
                 crop = im[y:y + size, x:x + size, ::-1].astype(np.float64)
                 values.append(np.mean((crop - PIXEL_MEANS_BGR) ** 2))
     return float(preprocess.TARGET_RMS / np.sqrt(np.mean(values)))
+
+
+# Fresh layers and the output std they start with on real RoIs: fc7 unit
+# variance (magic_init), the heads small, as Fast R-CNN's 0.01 / 0.001
+# fillers make them, so the 21-way loss starts at chance and the first
+# steps send small gradients into the trunk.  Calibration keeps these
+# output scales (the heads' scales multiply to ~1).
+FRESH = (('fc7', 1.0), ('cls_score', 0.1), ('bbox_pred', 0.1))
+FOLD_TOLERANCE = 1e-4
+
+
+class ExportError(RuntimeError):
+    """The export cannot be made (a failed fold check, no images)."""
+
+
+def patch_net(definition, weights, check_patches=None, log=print):
+    """Our trained net without BatchNorm, as a Net with weights.
+
+    A definition with BatchNorm (the training's network.prototxt) is folded
+    into the no-BN patch network (transfer/debatchnorm.py) and checked on
+    ``check_patches``: every blob up to fc6 must agree to 1e-4 relative.
+    """
+    src_def = pycaffe.read_netparam(definition)
+    src = pycaffe.net_from_param(src_def, 'test', weights)
+    if not any(l.type == 'BatchNorm' for l in src_def.layer):
+        return src
+    dst_def = nets.gen_net(batch_size=2, use_bn=False)
+    if debatchnorm.tower_signature(src_def) != \
+            debatchnorm.tower_signature(dst_def):
+        raise ExportError('%s is not the patch network: fold it with '
+                          'tools/debatchnorm.py first' % definition)
+    dst = pycaffe.net_from_param(dst_def, 'test')
+    debatchnorm.debatchnorm(src, src_def, dst, log=lambda m: None)
+    if check_patches is not None:
+        shared = ['conv1', 'norm1', 'conv2', 'norm2', 'conv3', 'conv4',
+                  'conv5', 'pool5', 'fc6']
+        worst = max(rel for _, rel in debatchnorm.compare_activations(
+            src, dst, shared, check_patches, end='relu6').values())
+        if worst > FOLD_TOLERANCE:
+            raise ExportError('BatchNorm fold check failed: relative '
+                              'difference %.3g' % worst)
+        log('debatchnorm: folded bn3-bn7, checked on real patches (largest '
+            'relative difference %.2g)' % worst)
+    return dst
+
+
+def random_rois(height, width, count, rng):
+    """``count`` boxes of random position and size (sides 1/8 to 1 of the
+    image), 0-based inclusive: RoIs for images without proposals."""
+    w = np.exp(rng.uniform(np.log(width / 8.0), np.log(width), count))
+    h = np.exp(rng.uniform(np.log(height / 8.0), np.log(height), count))
+    x1 = rng.uniform(0, width - w)
+    y1 = rng.uniform(0, height - h)
+    return np.stack([x1, y1, x1 + w - 1, y1 + h - 1], 1).astype(np.float32)
+
+
+def calibration_batches(images, count, rng, records=None, scale=600,
+                        max_size=1000, rois_per_image=64):
+    """``count`` inputs of 2 images each: data and rois (the proposals of
+    VOC records when given, else random boxes on ``images``)."""
+    out = []
+    for b in range(count):
+        ims, rois = [], []
+        for n in range(detector.IMS_PER_BATCH):
+            k = (b * detector.IMS_PER_BATCH + n)
+            if records:
+                rec = records[k % len(records)]
+                im = decode.load_rgb(rec['image'])
+                boxes = rec['proposals']
+                if len(boxes) > rois_per_image:
+                    boxes = boxes[rng.choice(len(boxes), rois_per_image,
+                                             replace=False)]
+            else:
+                im = decode.load_rgb(images[k % len(images)])
+                boxes = random_rois(im.shape[0], im.shape[1],
+                                    rois_per_image, rng)
+            data, f = detector.prep_image(im, scale, max_size)
+            ims.append(data)
+            rois.append(np.hstack([np.full((len(boxes), 1), n), boxes * f]))
+        out.append(dict(data=detector.stack_images(ims),
+                        rois=np.concatenate(rois).astype(np.float32)))
+    return out
+
+
+def export(definition, weights, outdir, images, records=None,
+           num_classes=21, fc6_mode='conv6', input_scale='auto',
+           calib_batches=2, scale=600, max_size=1000, rois_per_image=64,
+           tolerance=0.05, rounds=10, draws=4, seed=0, log=print):
+    """The recipe: fold, transfer, initialise, calibrate, write.
+
+    Returns (report dict, converged).  Nothing is written unless the
+    calibration converged with finite weights (CalibrationError or
+    ExportError otherwise).
+    """
+    rng = np.random.RandomState(seed)
+    paths = [r['image'] for r in records] if records else list(images)
+    if not paths:
+        raise ExportError('no images to calibrate on')
+    src = patch_net(definition, weights, batches.real_patches(
+        paths + list(images), 32, seed=seed), log=log)
+    if input_scale == 'auto':
+        input_scale = measure_input_scale(
+            [decode.load_rgb(p) for p in paths[:20]])
+    train_def = gen_net(num_classes, True, fc6_mode, 'python')
+    test_def = gen_net(num_classes, False, fc6_mode)
+    netdef, net = calibration.load_net(detector.input_twin(train_def))
+    layers = transfer(src, net, fc6_mode, float(input_scale), log=log)
+    data = calibration_batches(paths, calib_batches, rng, records, scale,
+                               max_size, rois_per_image)
+    for name, out_std in FRESH:
+        std = calibration.init_layer(net, name, data[0], 'gaussian', rng)
+        for blob in net.params[name]:
+            blob.data[...] *= np.float32(out_std)
+        log('%-9s initialised on real RoIs to output std %g' % (name, out_std))
+    net, cal = calibration.calibrate(net, netdef, data, rounds=rounds,
+                                     tolerance=tolerance, draws=draws,
+                                     seed=seed, log=log)
+    calibration.check_finite(net, 'calibrated export')
+    report = dict(layers=layers, input_scale=float(input_scale),
+                  fc6_mode=fc6_mode, num_classes=num_classes,
+                  calibration=dict(
+                      spread=cal['spread'], converged=cal['converged'],
+                      rounds=cal['rounds'], tolerance=tolerance,
+                      ratios_before=cal['before'],
+                      ratios_after=cal['independent'],
+                      factors=cal['factors'], head_scales=cal['head_scales'],
+                      function={k: v[1] for k, v in cal['function'].items()},
+                      lrn_alpha={n: p.alpha for n, p in
+                                 calibration.lrn_params(netdef).items()}))
+    if not cal['converged']:
+        return report, False
+    os.makedirs(outdir, exist_ok=True)
+    out = lambda name: os.path.abspath(os.path.join(outdir, name))  # noqa
+    for name, proto in (('train.prototxt', train_def),
+                        ('train_input.prototxt',
+                         detector.input_twin(train_def)),
+                        ('test.prototxt', test_def)):
+        write_proto(out(name), calibration.copy_lrn(netdef, proto), log)
+    write_proto(out('solver.prototxt'), gen_solver(
+        out('train.prototxt'), out('deepcontext_fast_rcnn')), log)
+    net.save(out('init.caffemodel'))
+    log('wrote %s' % out('init.caffemodel'))
+    with open(out('export.json'), 'w') as f:
+        json.dump(report, f, indent=2)
+    log('wrote %s' % out('export.json'))
+    return report, True
+
+
+def write_proto(path, proto, log=print):
+    with open(path, 'w') as f:
+        f.write(text_format.MessageToString(proto))
+    log('wrote %s' % path)
