@@ -105,3 +105,74 @@ def run_tool(name, *args):
                        text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r.stdout
+
+
+# A VOC-layout fixture from the embedded photos, shorter side 300 px, with
+# boxes drawn by hand (1-based, as in VOC's XML): (photo, id, set, objects).
+VOC_FIXTURE = (
+    ('astronaut.png', 'astronaut', 'trainval',
+     [('person', 10, 5, 215, 300, 0)]),
+    ('camera.png', 'camera', 'trainval', [('person', 1, 35, 195, 300, 0)]),
+    ('chelsea.png', 'chelsea', 'trainval', [('cat', 1, 1, 420, 300, 0)]),
+    ('motorcycle_left.png', 'motorcycle_left', 'trainval',
+     [('motorbike', 55, 45, 410, 275, 0), ('chair', 20, 60, 170, 180, 1)]),
+    ('motorcycle_right.png', 'motorcycle_right', 'test',
+     [('motorbike', 55, 45, 410, 275, 0), ('chair', 20, 60, 170, 180, 1)]),
+    ('camera.png', 'camera_test', 'test', [('person', 1, 35, 195, 300, 0)]),
+)
+
+
+def fixture_proposals(objects, width, height, rng, count=40):
+    """Boxes near each object (some IoU >= 0.5) plus random ones, 1-based."""
+    boxes = []
+    for _, x1, y1, x2, y2, _ in objects:
+        w, h = x2 - x1, y2 - y1
+        for _ in range(count // (2 * len(objects))):
+            j = rng.uniform(-0.25, 0.25, 4) * [w, h, w, h]
+            boxes.append([x1 + j[0], y1 + j[1], x2 + j[2], y2 + j[3]])
+    while len(boxes) < count:
+        x1, y1 = rng.uniform(1, width - 40), rng.uniform(1, height - 40)
+        boxes.append([x1, y1, rng.uniform(x1 + 30, width),
+                      rng.uniform(y1 + 30, height)])
+    boxes = np.clip(np.round(boxes), 1, [width, height, width, height])
+    return boxes
+
+
+@pytest.fixture(scope='session')
+def voc_fixture(tmp_path_factory):
+    """dict root, trainval_mat (Fast R-CNN's selective-search format) and
+    test_boxes (the plain box file) of a 6-image VOC folder."""
+    import scipy.io
+    from PIL import Image
+    from deepcontext.data import voc
+    root = str(tmp_path_factory.mktemp('VOCdevkit') / 'VOC2007')
+    rng = np.random.RandomState(0)
+    paths = {os.path.basename(p): p for p in photos.test_photos()}
+    sets = {'trainval': [], 'test': []}
+    props = {'trainval': [], 'test': []}
+    sizes = {}
+    for photo, i, image_set, objects in VOC_FIXTURE:
+        im = Image.open(paths[photo]).convert('RGB')
+        f = 300.0 / min(im.size)
+        sizes[i] = (round(im.size[0] * f), round(im.size[1] * f))
+        sets[image_set].append((i, sizes[i][0], sizes[i][1], objects))
+        props[image_set].append(
+            fixture_proposals(objects, sizes[i][0], sizes[i][1], rng))
+
+    def write_image(i, path):
+        photo = [p for p, j, _, _ in VOC_FIXTURE if j == i][0]
+        Image.open(paths[photo]).convert('RGB').resize(sizes[i]).save(
+            path, quality=95)
+    for image_set, images in sets.items():
+        voc.write_voc(root, image_set, images, write_image)
+    mat = os.path.join(root, 'voc_2007_trainval.mat')
+    cells = np.empty((1, len(props['trainval'])), object)
+    for k, b in enumerate(props['trainval']):
+        cells[0, k] = b[:, (1, 0, 3, 2)]      # y1 x1 y2 x2, 1-based
+    scipy.io.savemat(mat, {'boxes': cells})
+    box_file = os.path.join(root, 'test_boxes.txt')
+    with open(box_file, 'w') as f:
+        for (i, _, _, _), b in zip(sets['test'], props['test']):
+            f.writelines('%s %d %d %d %d\n' % ((i,) + tuple(r)) for r in b)
+    return dict(root=root, trainval_mat=mat, test_boxes=box_file,
+                proposals=props)

@@ -1,4 +1,5 @@
 """Fast R-CNN export and our ROIPooling / SmoothL1Loss layers in pycaffe."""
+import json
 import os
 import subprocess
 import sys
@@ -9,9 +10,9 @@ from google.protobuf import text_format
 
 import caffe
 
-from deepcontext.data import decode, photos, preprocess
-from deepcontext.model import pycaffe, solver as dc_solver
-from deepcontext.transfer import calibration, debatchnorm, fast_rcnn
+from deepcontext.data import decode, photos, preprocess, voc
+from deepcontext.model import pycaffe
+from deepcontext.transfer import calibration, fast_rcnn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,43 +92,72 @@ def image_blob(path, shape=(240, 320)):
 
 
 @pytest.fixture(scope='module')
-def exported(bn_snapshot, tmp_path_factory):
+def exported(bn_snapshot, voc_fixture, tmp_path_factory):
+    """The one-command export of a BatchNorm snapshot, calibrated on the
+    fixture's images and proposals (small scale, few RoIs: fast)."""
     bn_def, no_bn_def, model = bn_snapshot
-    folded = str(tmp_path_factory.mktemp('fr') / 'folded.caffemodel')
-    src = caffe.Net(bn_def, model, caffe.TEST)
-    dst = caffe.Net(no_bn_def, caffe.TEST)
-    debatchnorm.debatchnorm(src, pycaffe.read_netparam(bn_def), dst,
-                        log=lambda m: None)
-    dst.save(folded)
     out = str(tmp_path_factory.mktemp('export'))
     r = subprocess.run([sys.executable,
                         os.path.join(ROOT, 'tools', 'export_fast_rcnn.py'),
-                        no_bn_def, folded, out], capture_output=True,
-                       text=True, timeout=600)
+                        bn_def, model, out, '--voc', voc_fixture['root'],
+                        '--proposals', voc_fixture['trainval_mat'],
+                        '--scale', '240', '--rois-per-image', '16',
+                        '--batches', '1', '--tolerance', '0.1'],
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
-    return no_bn_def, folded, out, r.stdout
+    return bn_def, model, out, r.stdout
 
 
-def test_export_files_and_bit_identical_weights(exported):
-    no_bn_def, folded, out, stdout = exported
-    for name in ('train.prototxt', 'test.prototxt', 'solver.prototxt',
-                 'init.caffemodel', 'export.json'):
+def test_export_is_what_the_fork_parses(exported):
+    _, _, out, stdout = exported
+    for name in ('train.prototxt', 'train_input.prototxt', 'test.prototxt',
+                 'solver.prototxt', 'init.caffemodel', 'export.json'):
         assert os.path.isfile(os.path.join(out, name)), name
     assert 'conv6     reshaped from fc6' in stdout
-    assert 'fc7       freshly initialised' in stdout
     train = pycaffe.read_netparam(os.path.join(out, 'train.prototxt'))
     assert train.layer[0].python_param.layer == 'RoIDataLayer'
-    src = caffe.Net(no_bn_def, folded, caffe.TEST)
+    layers = {l.name: l for l in train.layer}
+    # conv1 padded as trained; Fast R-CNN's CaffeNet multipliers
+    assert layers['conv1'].convolution_param.pad == [5]
+    assert [(p.lr_mult, p.decay_mult) for p in layers['conv1'].param] == \
+        [(0, 0), (0, 0)]
+    for name in ('conv2', 'conv6', 'fc7', 'cls_score', 'bbox_pred'):
+        assert [(p.lr_mult, p.decay_mult) for p in layers[name].param] == \
+            [(1, 1), (2, 0)], name
+    # the fork's field numbers for its two layers
+    fields = {f.name: f.number for f, _ in layers['roi_pool5'].ListFields()}
+    assert fields['roi_pooling_param'] == 8266711
+    # test.prototxt in the old input: form (the fork has no Input layer)
+    text = open(os.path.join(out, 'test.prototxt')).read()
+    assert 'input: "data"' in text and 'input_shape' in text
+    assert 'type: "Input"' not in text
+    # absolute paths in the solver
+    solver = open(os.path.join(out, 'solver.prototxt')).read()
+    assert 'train_net: "/' in solver and 'snapshot_prefix: "/' in solver
+    # calibrated LRN: the same alpha in all three definitions
+    alphas = {n: [l.lrn_param.alpha for l in pycaffe.read_netparam(
+        os.path.join(out, n)).layer if l.type == 'LRN']
+        for n in ('train.prototxt', 'test.prototxt')}
+    assert alphas['train.prototxt'] == alphas['test.prototxt']
+
+
+def test_exported_weights_are_the_scaled_snapshot(exported):
+    bn_def, model, out, _ = exported
+    info = json.load(open(os.path.join(out, 'export.json')))
+    factors = info['calibration']['factors']
+    src = fast_rcnn.patch_net(bn_def, model, log=lambda m: None)
     net = caffe.Net(os.path.join(out, 'test.prototxt'),
                     os.path.join(out, 'init.caffemodel'), caffe.TEST)
     for name in ('conv2', 'conv3', 'conv4', 'conv5'):
-        for i in (0, 1):
-            assert np.array_equal(net.params[name][i].data,
-                                  src.params[name][i].data), name
-    assert np.array_equal(net.params['conv1'][0].data,
-                          src.params['conv1'][0].data[:, ::-1])
-    assert np.array_equal(net.params['conv6'][0].data.reshape(4096, -1),
-                          src.params['fc6'][0].data)
+        np.testing.assert_allclose(net.params[name][0].data,
+                                   src.params[name][0].data * factors[name],
+                                   rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(
+        net.params['conv1'][0].data, src.params['conv1'][0].data[:, ::-1] *
+        info['input_scale'] * factors['conv1'], rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(
+        net.params['conv6'][0].data.reshape(4096, -1),
+        src.params['fc6'][0].data * factors['conv6'], rtol=1e-5, atol=1e-9)
     # a real image with a few ROIs
     net.blobs['data'].reshape(1, 3, 240, 320)
     net.blobs['data'].data[...] = image_blob(photos.test_photos()[0])
@@ -137,60 +167,22 @@ def test_export_files_and_bit_identical_weights(exported):
     net.reshape()
     res = net.forward()
     assert res['cls_prob'].shape == (3, 21)
-    assert net.blobs['bbox_pred'].data.shape == (3, 84)
     assert np.isfinite(res['cls_prob']).all()
 
 
-def test_exported_net_trains_on_a_synthetic_box_task(exported, tmp_path):
+def test_calibration_on_the_test_net_with_rois(exported, voc_fixture):
+    """Extra inputs (rois) and heads without a loss: every weight layer gets
+    a gradient, nothing turns NaN, and the function is kept."""
     _, _, out, _ = exported
-    train = tmp_path / 'train.prototxt'
-    train.write_text(str(fast_rcnn.gen_net(21, True, data_layer='input')))
-    s = fast_rcnn.gen_solver(str(train), str(tmp_path / 'snap'))
-    # Fast R-CNN's 0.001 assumes ImageNet-scaled weights; an un-rescaled
-    # debatchnormed net diverges there (see tools/rescale.py).
-    s.base_lr = 1e-5
-    s.random_seed = 1701   # dropout masks: the same run every time
-    caffe.set_mode_cpu()
-    solver = caffe.get_solver(dc_solver.write_solver(
-        str(tmp_path / 'solver.prototxt'), s))
-    solver.net.copy_from(os.path.join(out, 'init.caffemodel'))
-    rs = np.random.RandomState(0)
-    boxes = []
-    for _ in range(8):
-        x1, y1 = rs.randint(0, 200), rs.randint(0, 140)
-        boxes.append([0, x1, y1, x1 + rs.randint(40, 119),
-                      y1 + rs.randint(40, 99)])
-    boxes = np.array(boxes, np.float32)
-    labels = np.where(boxes[:, 1] < 100, 3, 7).astype(np.float32)
-    targets = np.zeros((8, 84), np.float32)
-    weights = np.zeros((8, 84), np.float32)
-    for i, l in enumerate(labels.astype(int)):
-        targets[i, 4 * l:4 * l + 4] = rs.randn(4) * 0.5
-        weights[i, 4 * l:4 * l + 4] = 1
-    inputs = dict(data=image_blob(photos.test_photos()[1]), rois=boxes,
-                  labels=labels, bbox_targets=targets,
-                  bbox_loss_weights=weights)
-    pycaffe.set_blobs(solver.net, inputs)
-    # Judge the weights by the loss without dropout (a TEST-phase twin that
-    # shares them): with 8 ROIs the dropout masks alone move the training
-    # loss by as much as 12 steps of learning do.
-    probe = caffe.Net(str(train), caffe.TEST)
-    probe.share_with(solver.net)
-
-    def clean_loss():
-        pycaffe.set_blobs(probe, inputs)
-        probe.forward()
-        return (float(probe.blobs['loss_cls'].data) +
-                float(probe.blobs['loss_bbox'].data))
-
-    before = clean_loss()
-    losses = []
-    for _ in range(12):
-        solver.step(1)
-        losses.append(float(solver.net.blobs['loss_cls'].data) +
-                      float(solver.net.blobs['loss_bbox'].data))
-        # stop at once on divergence: Caffe's max-pool backward indexes
-        # out of bounds on NaN inputs
-        assert np.isfinite(losses[-1]), losses
-    after = clean_loss()
-    assert after < 0.8 * before, (before, after, losses)
+    netdef, net = calibration.load_net(os.path.join(out, 'test.prototxt'),
+                                       os.path.join(out, 'init.caffemodel'))
+    recs = voc.load(voc_fixture['root'], 'trainval',
+                    voc_fixture['trainval_mat'])
+    data = fast_rcnn.calibration_batches([], 1, np.random.RandomState(0),
+                                         recs, scale=200, rois_per_image=8)
+    net, report = calibration.calibrate(net, netdef, data, draws=2,
+                                        check_draws=2, tolerance=1.0,
+                                        log=lambda m: None)
+    assert set(report['before']) >= {'cls_score', 'bbox_pred', 'conv1'}
+    assert all(np.isfinite(v) and v > 0 for v in report['before'].values())
+    assert max(dev for _, dev in report['function'].values()) < 1e-4
