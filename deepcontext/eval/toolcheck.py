@@ -14,6 +14,7 @@ import numpy as np
 from google.protobuf import text_format
 
 from deepcontext.data import imageset, sources
+from deepcontext.model import pycaffe
 
 
 class ToolError(Exception):
@@ -41,7 +42,6 @@ def input_file(path, what):
 
 def net_definition(path, what='network definition'):
     """The NetParameter of a prototxt (ToolError if missing or unparsable)."""
-    from deepcontext.model import pycaffe   # loads Caffe: only when needed
     input_file(path, what)
     try:
         return pycaffe.read_netparam(path)
