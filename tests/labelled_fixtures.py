@@ -9,7 +9,9 @@
 """
 import os
 
-from deepcontext.data import labelled, photos
+from PIL import Image
+
+from deepcontext.data import labelled, photos, voc
 
 # (split, package, file name, objects), objects by hand.
 VOC_HAND_LABELS = (
@@ -64,29 +66,28 @@ def _photo(package, name):
 def voc_folder(root):
     """root/VOC2007 in devkit layout, the splits of VOC_HAND_LABELS.
 
+    Written with ``data.voc.write_voc``; every object's box is the whole
+    photo (classification needs none); JPEGImages/ID.jpg are symlinks
+    (load_rgb reads the content, so a PNG may stand behind a .jpg name).
+
     Returns
     -------
     str, the year folder
     """
     year = os.path.join(str(root), 'VOC2007')
-    for part in ('Annotations', 'ImageSets/Main', 'JPEGImages'):
-        os.makedirs(os.path.join(year, part))
-    splits = {'trainval': [], 'test': []}
-    for i, (split, package, name, objects) in enumerate(VOC_HAND_LABELS):
-        image_id = '%06d' % (i + 1)
-        # load_rgb reads the content, so a PNG may stand behind a .jpg name.
-        os.symlink(_photo(package, name),
-                   os.path.join(year, 'JPEGImages', image_id + '.jpg'))
-        xml = ''.join('<object><name>%s</name><difficult>%d</difficult>'
-                      '</object>' % (o.rstrip('*'), o.endswith('*'))
-                      for o in objects)
-        with open(os.path.join(year, 'Annotations', image_id + '.xml'),
-                  'w') as f:
-            f.write('<annotation><filename>%s.jpg</filename>%s'
-                    '</annotation>\n' % (image_id, xml))
-        splits[split].append(image_id)
-    for split, ids in splits.items():
-        with open(os.path.join(year, 'ImageSets', 'Main', split + '.txt'),
-                  'w') as f:
-            f.write(''.join(i + '\n' for i in ids))
+    for split in ('trainval', 'test'):
+        images, sources = [], {}
+        for i, (s, package, name, objects) in enumerate(VOC_HAND_LABELS):
+            if s != split:
+                continue
+            image_id = '%06d' % (i + 1)
+            sources[image_id] = _photo(package, name)
+            with Image.open(sources[image_id]) as im:
+                w, h = im.size
+            images.append((image_id, w, h, [
+                (o.rstrip('*'), 1, 1, w, h, o.endswith('*'))
+                for o in objects]))
+        voc.write_voc(year, split, images,
+                      lambda image_id, path: os.symlink(sources[image_id],
+                                                        path))
     return year

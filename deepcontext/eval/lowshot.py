@@ -175,8 +175,7 @@ def lowshot_svm(x_train, labels_train, x_test, labels_test, ks=K_VALUES,
         out[str(k)] = {'map_mean': float(np.mean(maps)),
                        'map_std': float(np.std(maps)),
                        'maps': maps,
-                       'ap_mean': _none_for_nan(np.nanmean(
-                           np.array(aps, float), axis=0)),
+                       'ap_mean': _class_means(aps),
                        'capped': sorted(int(c) for c in capped),
                        'costs': chosen,
                        'time': time.time() - t0}
@@ -188,9 +187,13 @@ def lowshot_svm(x_train, labels_train, x_test, labels_test, ks=K_VALUES,
     return out
 
 
-def _none_for_nan(values):
-    """A list for JSON: NaN (a class without test positives) is None."""
-    return [None if np.isnan(v) else float(v) for v in values]
+def _class_means(aps):
+    """Per-class mean AP over draws; None for a class without positives."""
+    out = []
+    for column in np.array(aps, dtype=float).T:
+        valid = column[~np.isnan(column)]
+        out.append(float(valid.mean()) if len(valid) else None)
+    return out
 
 
 def table(results, ks=K_VALUES):

@@ -7,7 +7,7 @@ Two definitions of average precision:
 
 * ``'voc07'``: the VOC 2007 devkit's 11-point interpolated AP, the mean
   over recall thresholds 0, 0.1, ..., 1 of the best precision at a recall
-  at least that high.  VOC07 classification (Kraehenbuehl et al.) and the
+  at least that high (``detection.voc07_ap``, shared with detection).  VOC07 classification (Kraehenbuehl et al.) and the
   low-shot SVM tables use it.
 * ``'all'``: VOC 2010 onwards, the area under the precision-recall curve
   made monotone (each precision replaced by the best at a higher recall).
@@ -16,6 +16,8 @@ Ties in scores are broken by position (a stable sort of the scores from
 highest to lowest), as the devkit's ``sort`` does.
 """
 import numpy as np
+
+from deepcontext.eval import detection
 
 AP_MODES = ('voc07', 'all')
 
@@ -65,8 +67,8 @@ def average_precision(scores, labels, mode='voc07'):
         return float('nan')
     prec, rec = precision_recall(scores, labels)
     if mode == 'voc07':
-        return float(np.mean([prec[rec >= t].max() if np.any(rec >= t)
-                              else 0.0 for t in np.linspace(0, 1, 11)]))
+        # Eleven additions of p / 11 can exceed 1 by a rounding error.
+        return min(1.0, detection.voc07_ap(rec, prec))
     mrec = np.concatenate([[0.0], rec, [1.0]])
     mpre = np.concatenate([[0.0], prec, [0.0]])
     mpre = np.maximum.accumulate(mpre[::-1])[::-1]
