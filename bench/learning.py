@@ -1,0 +1,153 @@
+"""Does a run learn something that transfers to photos it never saw?
+
+Trains ``--iters`` iterations with train.py on the training side of the
+embedded photos (``photos.train_photos``), snapshotting every ``--every``,
+then measures every snapshot (and the random initialisation, iteration 0)
+on the held-out photos (``photos.held_out_photos``):
+
+* pretext accuracy, against chance (12.5%) and the most frequent label;
+* fc6 retrieval: patches sampled from the held-out photos (4 a photo),
+  each one's 4 nearest neighbours by fc6 correlation (itself left out);
+  precision = the share from the query's own photo, against its chance
+  level (3 of the other patches come from the same photo).
+
+Prints one line per checkpoint and writes learning.json and learning.png
+into ``--out``.  A short CPU run: ``--iters 200 --every 50`` (see
+docs/evaluation.md for the measured curve and its duration).
+
+    .venv/bin/python bench/learning.py --out /tmp/learning [--iters 200]
+        [--every 50] [--batch-size 64] [--base-lr 1e-3 --momentum 0.9]
+        [--gpu 0]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+os.environ.setdefault('GLOG_minloglevel', '2')  # before caffe loads glog
+import numpy as np  # noqa: E402
+
+from deepcontext.data import photos  # noqa: E402
+from deepcontext.eval import features, neighbours, plots  # noqa: E402
+from deepcontext.eval import pretext  # noqa: E402
+from deepcontext.model import pycaffe  # noqa: E402
+from deepcontext.train import snapshots  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PER_IMAGE = 4
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--out', required=True)
+    p.add_argument('--iters', type=int, default=200)
+    p.add_argument('--every', type=int, default=50)
+    p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument('--base-lr', type=float, default=1e-3,
+                   help='(the original: 1e-5, which moves nothing in a '
+                        'few hundred steps)')
+    p.add_argument('--momentum', type=float, default=0.9)
+    p.add_argument('--gpu', type=int, default=None)
+    p.add_argument('--workers', type=int, default=2)
+    return p.parse_args()
+
+
+def train(args):
+    """Run train.py to --iters; return (run folder, seconds)."""
+    os.makedirs(args.out, exist_ok=True)
+    cfg = os.path.join(args.out, 'deepcontext_config.py')
+    settings = dict(out_dir=args.out, batch_size=args.batch_size,
+                    snapshot_every=args.every, stats_every=10,
+                    loader_workers=args.workers, queue_size=2,
+                    base_lr=args.base_lr, momentum=args.momentum,
+                    resume='yes')
+    if args.gpu is not None:
+        settings['gpu'] = args.gpu
+    with open(cfg, 'w') as f:
+        f.write('from deepcontext.data import photos as _photos\n'
+                'images = _photos.train_photos()\n'
+                + ''.join('%s = %r\n' % kv for kv in settings.items()))
+    t0 = time.time()
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'),
+                        '--config', cfg, '--max-iter', str(args.iters),
+                        '--resume', 'yes'],
+                       env=dict(os.environ, GLOG_minloglevel='1'),
+                       cwd=args.out, stdout=subprocess.DEVNULL)
+    if r.returncode != 0:
+        sys.exit('training failed (exit %d); see %s'
+                 % (r.returncode, args.out))
+    return os.path.join(args.out, 'train_out'), time.time() - t0
+
+
+def same_photo_precision(net, patches, owner):
+    """Share of each patch's PER_IMAGE fc6 neighbours from its own photo."""
+    data = np.stack([features.prep_eval(p) for p in patches])
+    feats = features.extract(net, data, ['relu6'])['relu6']
+    idx, _ = neighbours.nearest_neighbours(feats, np.arange(len(owner)),
+                                           k=PER_IMAGE)
+    return float(np.mean(owner[idx] == owner[:, None]))
+
+
+def measure(outdir, iteration, held, patches, owner):
+    weights = (None if iteration == 0 else os.path.join(
+        outdir, 'model_iter_%d.caffemodel' % iteration))
+    net, bn_mode = features.load_net(
+        weights, os.path.join(outdir, 'network.prototxt'))
+    r = pretext.pretext_accuracy(net, held, seed=0, report=lambda s: None)
+    return {'iteration': iteration, 'bn_mode': bn_mode,
+            'pretext_accuracy': r['accuracy'],
+            'majority_baseline': r['majority_baseline'],
+            'loss_per_pair': r['loss_per_pair'], 'pairs': r['pairs'],
+            'fc6_same_photo_precision': same_photo_precision(net, patches,
+                                                             owner)}
+
+
+def figure(rows, chance_retrieval):
+    it = [r['iteration'] for r in rows]
+    series = {'pretext accuracy': (
+        [100 * r['pretext_accuracy'] for r in rows], None),
+        'fc6 same-photo precision': (
+        [100 * r['fc6_same_photo_precision'] for r in rows], None)}
+    return plots.curves_figure(
+        series, it, [str(i) for i in it], 'iteration', '% on held-out photos',
+        'learning on the embedded photos, measured on held-out ones',
+        [(100 / 8.0, 'pretext chance', dict(color='grey', ls=':')),
+         (100 * rows[0]['majority_baseline'], 'most frequent label',
+          dict(color='tab:red', ls='--', lw=1)),
+         (100 * chance_retrieval, 'retrieval chance',
+          dict(color='tab:green', ls=':'))])
+
+
+def main():
+    args = parse_args()
+    outdir, seconds = train(args)
+    pycaffe.set_mode(args.gpu)
+    held = photos.held_out_photos()
+    patches, owner, _ = neighbours.sample_patches(held, PER_IMAGE, seed=0,
+                                                  report=lambda s: None)
+    chance = (PER_IMAGE - 1) / float(len(owner) - 1)
+    print('trained %d iterations in %.0f s; measuring on %d held-out photos'
+          % (args.iters, seconds, len(held)))
+    rows = []
+    for iteration in [0] + snapshots.complete(outdir):
+        rows.append(measure(outdir, iteration, held, patches, owner))
+        r = rows[-1]
+        print('iteration %5d: pretext %.1f%% (most frequent label %.1f%%, '
+              'chance 12.5%%), fc6 same-photo precision@%d %.1f%% '
+              '(chance %.1f%%)'
+              % (iteration, 100 * r['pretext_accuracy'],
+                 100 * r['majority_baseline'], PER_IMAGE,
+                 100 * r['fc6_same_photo_precision'], 100 * chance),
+              flush=True)
+    with open(os.path.join(args.out, 'learning.json'), 'w') as f:
+        json.dump(dict(vars(args), train_seconds=seconds,
+                       held_out_photos=len(held),
+                       retrieval_chance=chance, rows=rows), f, indent=1)
+    plots.save(figure(rows, chance), os.path.join(args.out, 'learning.png'))
+    print('wrote %s/learning.json and learning.png' % args.out)
+
+
+if __name__ == '__main__':
+    main()
