@@ -165,11 +165,10 @@ def main():
     target = start + args.iters
     print('training iterations %d..%d on the CPU (loss per step below; '
           'touch train_quit to stop early)' % (start, target), flush=True)
+    # --quiet: the terminal shows our lines; out.log keeps Caffe's too
     cmd = [sys.executable, os.path.join(root, 'train.py'), '--config',
-           cfg_path, '--max-iter', str(target), '--resume', 'yes']
-    env = dict(os.environ, GLOG_minloglevel=os.environ.get(
-        'GLOG_minloglevel', '1'))   # keep the terminal to our lines
-    r = subprocess.run(cmd, env=env)
+           cfg_path, '--max-iter', str(target), '--resume', 'yes', '--quiet']
+    r = subprocess.run(cmd)
     if r.returncode != 0:
         sys.exit('training failed (exit %d); see %s/out.log'
                  % (r.returncode, outdir))
