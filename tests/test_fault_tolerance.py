@@ -19,8 +19,9 @@ def test_marker_requires_both_files_at_their_sizes(tmp_path):
     assert snapshots.complete(str(tmp_path)) == []
     assert snapshots.incomplete(str(tmp_path)) == [7, 9]
     snapshots.mark_complete(str(tmp_path), 7)
-    assert json.loads((tmp_path / 'model_iter_7.complete').read_text()) == {
-        'caffemodel': 4, 'solverstate': 4}
+    marker = json.loads((tmp_path / 'model_iter_7.complete').read_text())
+    assert marker['caffemodel']['bytes'] == marker['solverstate']['bytes'] \
+        == 4
     assert snapshots.complete(str(tmp_path)) == [7]
     (tmp_path / 'model_iter_7.solverstate').write_bytes(b'12')  # truncated
     assert snapshots.complete(str(tmp_path)) == []
