@@ -1,13 +1,16 @@
 """Faults a multi-week run meets: kill -9 mid-snapshot, a full disk."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
 
+from deepcontext.model import nets
 from deepcontext.train import snapshots
 from conftest import TRAIN, processes_with, run_train, write_config
 
@@ -60,15 +63,20 @@ def test_kill_9_while_snapshotting_resumes_from_last_complete(tmp_path):
         assert 'ignoring incomplete snapshot model_iter_%d' % it in log
 
 
+def tmpfs(path, size):
+    """Mount a tmpfs of ``size`` at path (root only; CI runs as root)."""
+    path.mkdir()
+    r = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=' + size,
+                        'tmpfs', str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip('cannot mount a tmpfs here: %s' % r.stderr.strip())
+    return path
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """An 800 MB tmpfs: room for one snapshot pair (~510 MB), not two."""
-    mnt = tmp_path / 'disk'
-    mnt.mkdir()
-    r = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=800m', 'tmpfs',
-                        str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip('cannot mount a tmpfs here: %s' % r.stderr.strip())
+    mnt = tmpfs(tmp_path / 'disk', '800m')
     yield mnt
     subprocess.run(['umount', '-l', str(mnt)])
 
@@ -85,3 +93,80 @@ def test_disk_full_stops_cleanly_keeping_the_last_snapshot(tmp_path,
     assert snapshots.complete(str(out)) == [3]
     assert snapshots.incomplete(str(out)) == []
     assert processes_with(cfg) == []
+
+
+ABORT = textwrap.dedent('''
+    import sys
+    from deepcontext.train import runlog
+    runlog.glog_2015_prefix()
+    import caffe
+    runlog.Tee(sys.argv[1]).start()
+    runlog.log('loading a corrupt caffemodel')
+    caffe.Net(sys.argv[2], sys.argv[3], caffe.TEST)
+''')
+
+
+def test_caffe_fatal_message_reaches_terminal_and_log_when_caffe_aborts(
+        tmp_path):
+    """Caffe's last words (glog FATAL on stderr, then abort) are copied by
+    the tee's own process, which outlives the aborted one."""
+    nets.write_nets(str(tmp_path), batch_size=8)
+    (tmp_path / 'bad.caffemodel').write_bytes(b'\xff' * 3000)   # no message
+    log = tmp_path / 'out.log'
+    r = subprocess.run([sys.executable, '-c', ABORT, str(log),
+                        str(tmp_path / 'network.prototxt'),
+                        str(tmp_path / 'bad.caffemodel')],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == -signal.SIGABRT
+    fatal = 'Failed to parse NetParameter file: %s' % (tmp_path /
+                                                       'bad.caffemodel')
+    ours = 'aborted by Caffe: Check failed'
+    for text in (log.read_text(), r.stderr):
+        assert fatal in text and ours in text
+    assert 'loading a corrupt caffemodel' in r.stdout
+    assert processes_with('deepcontext.train.runlog') == []
+
+
+FILL = textwrap.dedent('''
+    import os, sys, time
+    from deepcontext.train import runlog
+    folder = sys.argv[1]
+    tee = runlog.Tee(os.path.join(folder, 'out.log')).start()
+    runlog.log('before the disk fills')
+    filler = os.open(os.path.join(folder, 'filler'), os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(filler, b'x' * 4096)
+    except OSError:
+        pass
+    for i in range(3):
+        runlog.log('while full %d ' % i + 'y' * 3000)
+        time.sleep(0.3)
+    print('tee failure: %s %s' % tee.failure(), file=sys.__stdout__,
+          flush=True)
+    os.close(filler)
+    os.remove(os.path.join(folder, 'filler'))
+    runlog.log('room again')
+    tee.stop()
+''')
+
+
+def test_tee_on_a_full_disk_says_so_and_keeps_the_terminal(tmp_path):
+    disk = tmpfs(tmp_path / 'disk', '256k')
+    try:
+        r = subprocess.run([sys.executable, '-c', FILL, str(disk)],
+                           capture_output=True, text=True, timeout=120)
+        text = (disk / 'out.log').read_text()
+    finally:
+        subprocess.run(['umount', '-l', str(disk)])
+    assert r.returncode == 0, r.stderr
+    assert 'tee failure: ENOSPC No space left on device' in r.stdout
+    for i in range(3):      # the terminal has every line
+        assert 'while full %d' % i in r.stdout
+    assert r.stderr.count('\n') == 1 and \
+        'cannot write %s: No space left on device' % (disk / 'out.log') \
+        in r.stderr
+    # when there is room again, the log says what it misses, and goes on
+    assert re.search(r'\] \d+ bytes of this log were not written \(No '
+                     r'space left on device\)\n[^\n]*\n[^\n]*room again\n$',
+                     text)
