@@ -6,8 +6,13 @@ image) assemble batches with the same function, :func:`assemble_batches`,
 and judge images with the same rule, :func:`usable_image`:
 
 1. draw a target size U{150,000..450,000} pixels and decode the image;
+   with ``min_source_side`` (off by default), skip it, with a message, if
+   its shorter side is smaller;
 2. resize it to that many pixels (2015 bilinear, ``preprocess``);
 3. skip it, with a message, unless both sides exceed ``2*96+48+7`` pixels;
+   an image used only because step 2 enlarged it from below that size (a
+   1x1 image becomes about 390x390: flat patches) is reported, once per
+   ``upscaled`` set, as the original used it silently;
 4. draw ``grids_per_image`` grids from it (``sampling.BatchAssembler``: a
    batch closes before a grid would bring it to ``batch_size`` patches);
 5. crop every patch and preprocess it straight into the batch buffer
@@ -48,7 +53,8 @@ def image_rngs(seed, index, reference=False):
     return rngs(int(seed) * IMAGE_SEED_STRIDE + int(index), reference)
 
 
-def usable_image(image_set, index, rng, report=print, reference=False):
+def usable_image(image_set, index, rng, report=print, reference=False,
+                 min_source_side=0, upscaled=None):
     """Image ``index`` resized to a random size, or None if it is unusable.
 
     Parameters
@@ -56,13 +62,22 @@ def usable_image(image_set, index, rng, report=print, reference=False):
     image_set : imageset.ImageSource
     index : int
     rng : random.Random, draws the target size
-    report : callable(str), told why an image is skipped
+    report : callable(str), told why an image is skipped, and of a used
+        image upscaled from below a grid's size
     reference : bool, resize with the numpy code (same result, slower)
+    min_source_side : int, skip images whose decoded shorter side is
+        smaller (0: off, the original's behaviour).  A JPEG draft decode is
+        at least twice the resize target a side, so only big images are
+        drafted and this compares as with a full decode.
+    upscaled : set or None, indices of upscaled images already reported
+        (each is reported once per set; its size counts them); None
+        reports every time
 
     Returns
     -------
     (H, W, 3) float32 in [0, 1], or None (broken, or too small for a 2x2
-    grid after resizing, as the original skipped it)
+    grid after resizing, as the original skipped it, or smaller than
+    ``min_source_side``)
     """
     target = rng.randint(*preprocess.TARGET_PIXELS)
     try:
@@ -70,9 +85,24 @@ def usable_image(image_set, index, rng, report=print, reference=False):
     except decode.ImageError as err:
         report('skipping image %d: %s' % (index, err))
         return None
+    source = im.shape[:2]
+    if min(source) < min_source_side:
+        report('skipping image %d (%s): %dx%d, smaller than min_source_side '
+               '%d' % (index, image_set.name(index), source[1], source[0],
+                       min_source_side))
+        return None
     im = preprocess.resize_to_pixels(im, target, reference)
     min_side = sampling.min_image_side()
     if im.shape[0] > min_side and im.shape[1] > min_side:
+        tiny = min(source) <= min_side
+        if tiny and (upscaled is None or index not in upscaled):
+            report('image %d (%s): %dx%d upscaled to %dx%d: too small for a '
+                   '2x2 grid by itself (<= %d a side; min_source_side skips '
+                   'such images)' % (index, image_set.name(index), source[1],
+                                     source[0], im.shape[1], im.shape[0],
+                                     min_side))
+            if upscaled is not None:
+                upscaled.add(index)
         return im
     report('skipping image %d (%s): %dx%d after resizing to %d pixels, too '
            'small for a 2x2 grid (needs > %d a side)'
