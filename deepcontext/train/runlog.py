@@ -53,10 +53,13 @@ def glog_line(msg, level='I', where=WHERE):
                                   where, msg)
 
 
-def log(msg, level='I'):
-    """One glog line: INFO to stdout, warnings and errors to stderr."""
+def log(msg, level='I', stderr=None):
+    """One glog line: INFO to stdout, warnings and errors to stderr;
+    ``stderr=True`` for INFO too (how a run ended)."""
+    if stderr is None:
+        stderr = level != 'I'
     print(glog_line(msg, level), flush=True,
-          file=sys.stdout if level == 'I' else sys.stderr)
+          file=sys.stderr if stderr else sys.stdout)
 
 
 def solving(net_name, lr_policy):
