@@ -39,8 +39,10 @@ caffe: venv
 
 setup: caffe
 
-# The CUDA 13 + cuDNN 9 variant (sm_90), compiled here (nvcc, no GPU needed),
-# and the relocatable tarball that runs it on a GPU machine (dist/).
+# The CUDA 13 + cuDNN 9 variant, compiled here (nvcc, no GPU needed), for
+# every CUDA 13 GPU (sm_75 ... sm_120 + PTX) or, with CUDA_ARCH=90 (say),
+# one target; and the relocatable tarball that runs it on a GPU machine.
+export CUDA_ARCH
 cuda: venv
 	@$(PY) caffe_ext/build.py --cuda
 

@@ -59,21 +59,107 @@ CPU_OPTIONS = [
     '-DBLAS=Open',
     '-DBUILD_docs=OFF',
 ]
-# The CUDA variant (build.py --cuda): CUDA 13 + cuDNN 9 for Hopper (sm_90,
-# plus PTX for later GPUs), HDF5 off for a lean runtime.  nvcc and cudart come
-# from the machine (/usr/local/cuda); cuBLAS, cuRAND and cuDNN headers and
-# libraries from NVIDIA's PyPI wheels, pinned to CUDA 13.0-era releases so
-# the result runs with the CUDA 13.0 runtime libraries of the GPU machines.
-CUDA_OPTIONS = [o for o in CPU_OPTIONS
-                if not o.startswith(('-DCPU_ONLY', '-DUSE_HDF5'))] + [
+# The CUDA variant (build.py --cuda): CUDA 13 + cuDNN 9, HDF5 off for a lean
+# runtime.  nvcc and cudart come from the machine (/usr/local/cuda); cuBLAS,
+# cuRAND and cuDNN headers and libraries from NVIDIA's PyPI wheels, pinned to
+# CUDA 13.0-era releases so the result runs with the CUDA 13.0 runtime
+# libraries of the GPU machines.  The GPU targets are cuda_archs()'s.
+CUDA_BASE_OPTIONS = [o for o in CPU_OPTIONS
+                     if not o.startswith(('-DCPU_ONLY', '-DUSE_HDF5'))] + [
     '-DCPU_ONLY=OFF',
     '-DUSE_CUDNN=ON',
     '-DUSE_NCCL=OFF',
     '-DUSE_HDF5=OFF',
     '-DCUDA_ARCH_NAME=Manual',
-    '-DCUDA_ARCH_BIN=90',
-    '-DCUDA_ARCH_PTX=90',
 ]
+# Every GPU generation CUDA 13 compiles for (it dropped sm_50 ... sm_70):
+# Turing, Ampere (A100; RTX 30xx, A10, A40), Ada (RTX 40xx, L4, L40S),
+# Hopper, Blackwell datacenter (B200) and Blackwell workstation (RTX 50xx,
+# RTX PRO 6000).  SASS for each, and PTX of the newest, which the driver
+# compiles for GPUs newer than the list.  CUDA_ARCH=90 (or "80 90") builds
+# only those: sm_90 alone is 2 (SASS, PTX) of the 8 GPU compiles of each
+# .cu file.
+CUDA_ARCHS = ('75', '80', '86', '89', '90', '100', '120')
+
+
+def cuda_archs(env=None):
+    """The SASS targets of the CUDA build and its PTX target: from the
+    environment variable CUDA_ARCH (numbers, space- or comma-separated,
+    e.g. "90" or "80,90"), else CUDA_ARCHS.  PTX is the newest target."""
+    env = os.environ if env is None else env
+    text = env.get('CUDA_ARCH', '').replace(',', ' ').strip()
+    if not text:
+        archs = list(CUDA_ARCHS)
+    else:
+        archs = []
+        for a in text.split():
+            a = a.replace('sm_', '').replace('.', '')
+            if not a.isdigit() or int(a) < 75:
+                die('CUDA_ARCH=%r: give compute capabilities of CUDA 13 '
+                    'GPUs as numbers, 75 or later (e.g. CUDA_ARCH=90 or '
+                    'CUDA_ARCH="80 90")' % env['CUDA_ARCH'])
+            if a not in archs:
+                archs.append(a)
+        archs.sort(key=int)
+    return archs, archs[-1]
+
+
+def cuda_options(archs=None):
+    """CMake options of the CUDA variant for the given (SASS list, PTX)."""
+    bins, ptx = archs or cuda_archs()
+    return CUDA_BASE_OPTIONS + ['-DCUDA_ARCH_BIN=' + ' '.join(bins),
+                                '-DCUDA_ARCH_PTX=' + ptx]
+
+
+def gencode_flags(archs):
+    """nvcc's -gencode flags for (SASS list, PTX), as Caffe's Cuda.cmake
+    writes them for CUDA_ARCH_NAME=Manual."""
+    bins, ptx = archs
+    flags = []
+    for a in bins:
+        flags += ['-gencode', 'arch=compute_%s,code=sm_%s' % (a, a)]
+    return flags + ['-gencode', 'arch=compute_%s,code=compute_%s' % (ptx, ptx)]
+
+
+def fatbin_targets(path):
+    """The GPU code in an object file or library, as ['sm_75', ...,
+    'compute_120']: SASS entries as sm_N, PTX as compute_N.  Reads the
+    .nv_fatbin section (cuobjdump --list-elf / --list-ptx, which the
+    CUDA 13 compiler package leaves out)."""
+    import struct
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, 'fatbin')
+        subprocess.run(['objcopy', '-O', 'binary', '--only-section=.nv_fatbin',
+                        path, out], check=True)
+        with open(out, 'rb') as f:
+            data = f.read()
+    found = []
+    pos = 0
+    # fat binary containers: magic, version, header size, payload size;
+    # then entries: kind (1 PTX, 2 ELF), version, header size, padded
+    # payload size, ..., the SM number at byte 28 of the entry header
+    while pos + 16 <= len(data):
+        magic, _, hsize, size = struct.unpack_from('<IHHQ', data, pos)
+        if magic != 0xBA55ED50:
+            break
+        p, end = pos + hsize, pos + hsize + size
+        while p < end:
+            kind, _, ehsize, padded = struct.unpack_from('<HHIQ', data, p)
+            sm = struct.unpack_from('<I', data, p + 28)[0]
+            name = ('compute_%d' if kind == 1 else 'sm_%d') % sm
+            if name not in found:
+                found.append(name)
+            p += ehsize + padded
+        pos = end
+    return found
+
+
+def describe_archs(archs):
+    bins, ptx = archs
+    return 'SASS %s + PTX compute_%s' % (' '.join('sm_' + a for a in bins),
+                                          ptx)
+
+
 CUDA_WHEELS = ['nvidia-cublas==13.0.2.14', 'nvidia-curand==10.4.0.35',
                'nvidia-cudnn-cu13==9.13.0.50']
 CUDA_HOME = os.environ.get('CUDA_HOME', '/usr/local/cuda')
@@ -421,7 +507,8 @@ def build(root, orig, deb, options, py, jobs, tests, extra_cmake=(),
         log('configuring (cmake); full log in %s' % logf.name)
         run_logged(cmake, bld, logf)
         log('compiling libcaffe, tools and pycaffe with %d jobs '
-            '(on 2 cores: about 6 minutes, 20 with CUDA)' % jobs)
+            '(on 2 cores: about 6 minutes; with CUDA about 20 for '
+            'one GPU target, longer with each further target)' % jobs)
         run_logged(['make', '-j%d' % jobs, 'all'], bld, logf, progress=True)
         if tests:
             log('compiling Caffe\'s C++ test suite (on 2 cores: about 3 '
@@ -506,25 +593,34 @@ def parse_args():
     return p.parse_args()
 
 
-def build_cuda(orig, deb, py, jobs, tests=False):
-    """The CUDA variant: built and cached, not installed into the venv (the
-    GPU runtime bundle, `make gpu-bundle`, packs it).  ``tests`` adds
+def build_cuda(orig, deb, py, jobs, tests=False, archs=None):
+    """Build (or find cached) the CUDA variant for ``archs`` (SASS list,
+    PTX; default cuda_archs()); return its cache folder.  ``tests`` adds
     Caffe's C++ test binary (build/test/test.testbin), to run on a GPU
     machine with bench/gpu_session.sh."""
+    archs = archs or cuda_archs()
+    options = cuda_options(archs)
+    log('CUDA targets: %s%s' % (
+        describe_archs(archs), '' if tuple(archs[0]) != CUDA_ARCHS else
+        ' (CUDA_ARCH=90, for example, builds only sm_90: faster)'))
     incs, lib = fetch_cuda_libs()
-    key = build_key(orig, deb, CUDA_OPTIONS, py, cuda=True)
+    key = build_key(orig, deb, options, py, cuda=True)
     root = os.path.join(cache_root(), 'caffe-cuda-' + key)
     done = os.path.join(root, 'done-tests.stamp' if tests else 'done.stamp')
     if os.path.exists(done):
         log('cached CUDA build %s' % root)
     else:
-        build(root, orig, deb, CUDA_OPTIONS, py, jobs, tests=tests,
+        build(root, orig, deb, options, py, jobs, tests=tests,
               extra_cmake=cuda_cmake_args(incs, lib), cuda=True)
         open(done, 'w').close()
         open(os.path.join(root, 'done.stamp'), 'w').close()
     with open(os.path.join(cache_root(), 'caffe-cuda-latest'), 'w') as f:
         f.write(root + '\n')
+    lib_caffe = os.path.join(root, 'install', 'lib', 'libcaffe.so')
+    log('libcaffe carries GPU code for %s'
+        % ' '.join(fatbin_targets(os.path.realpath(lib_caffe))))
     log('CUDA build ready: %s (install/, CUDA libraries in %s)' % (root, lib))
+    return root
 
 
 def main():

@@ -147,3 +147,58 @@ def test_netspec_sgd_snapshot_restore_bit_identical(tmp_path):
     for k in p1:
         for a, b in zip(p1[k], p2[k]):
             assert np.array_equal(a, b), k
+
+
+# ---- the CUDA variant's GPU targets (caffe_ext/build.py; no GPU needed) ----
+
+def load_build_py():
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), 'caffe_ext', 'build.py')
+    spec = importlib.util.spec_from_file_location('caffe_ext_build', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cuda_archs_every_cuda13_gpu_or_the_override(capsys):
+    b = load_build_py()
+    assert b.cuda_archs({}) == (['75', '80', '86', '89', '90', '100',
+                                 '120'], '120')
+    assert b.cuda_archs({'CUDA_ARCH': '90'}) == (['90'], '90')
+    assert b.cuda_archs({'CUDA_ARCH': 'sm_90,80'}) == (['80', '90'], '90')
+    assert b.cuda_options((['90'], '90'))[-2:] == ['-DCUDA_ARCH_BIN=90',
+                                                   '-DCUDA_ARCH_PTX=90']
+    with pytest.raises(SystemExit):
+        b.cuda_archs({'CUDA_ARCH': '61'})      # CUDA 13 dropped Pascal
+    assert 'CUDA_ARCH=' in capsys.readouterr().err
+
+
+def test_cuda_arch_list_is_part_of_the_cache_key():
+    b = load_build_py()
+    if shutil.which(os.path.join(b.CUDA_HOME, 'bin', 'nvcc')) is None and \
+            shutil.which('nvcc') is None:
+        pytest.skip('no nvcc')
+    py = {'version': '3.11', 'numpy': '1.26'}
+    keys = {b.build_key(None, None, b.cuda_options(a), py, cuda=True)
+            for a in ((['90'], '90'), (['80', '90'], '90'), b.cuda_archs({}))}
+    assert len(keys) == 3
+
+
+def test_nvcc_with_the_gencode_list_carries_each_target(tmp_path):
+    """The -gencode list (as Caffe's Cuda.cmake writes it from build.py's
+    options, cuda-archs.patch applied) puts SASS for every target and PTX
+    of the newest into the fat binary."""
+    b = load_build_py()
+    nvcc = os.path.join(b.CUDA_HOME, 'bin', 'nvcc')
+    if not os.path.exists(nvcc):
+        pytest.skip('no nvcc')
+    cu = tmp_path / 'axpy.cu'
+    cu.write_text('__global__ void axpy(float a, const float *x, float *y)'
+                  ' { y[threadIdx.x] += a * x[threadIdx.x]; }\n')
+    archs = b.cuda_archs({})
+    subprocess.run([nvcc, '-c', str(cu), '-o', str(tmp_path / 'axpy.o')] +
+                   b.gencode_flags(archs), check=True, timeout=300)
+    got = b.fatbin_targets(str(tmp_path / 'axpy.o'))
+    assert sorted(got) == sorted(['sm_' + a for a in archs[0]] +
+                                 ['compute_120'])
