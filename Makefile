@@ -2,6 +2,9 @@
 #   make demo   install everything, build Caffe (cached), train on the
 #               embedded photos for a few minutes on the CPU
 #   make test   install everything, run the tests
+# On a GPU machine with CUDA 13's nvcc: `make cuda` (or CUDA=1 with either)
+# puts the CUDA build of pycaffe into the venv, and later runs keep it;
+# `make cpu` (or CUDA=0) goes back to the CPU build (docs/gpu.md).
 # Caffe is built once per source+patches+options into $(DEEPCONTEXT_CACHE)
 # (default ~/.cache/deepcontext); later runs start in seconds.
 
@@ -9,8 +12,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# CUDA=1: the CUDA build of pycaffe in the venv; CUDA=0: the CPU build;
+# unset: the one the venv has (a new venv: CPU).  build.py says which.
+CUDA ?=
+CAFFE_VARIANT := $(if $(filter 1 yes,$(CUDA)),--cuda,$(if $(filter 0 no,$(CUDA)),--cpu,))
 
-.PHONY: all setup sysdeps venv caffe cuda gpu-bundle test demo bench clean
+.PHONY: all setup sysdeps venv caffe cuda cpu gpu-bundle test demo bench clean
 
 all: setup
 
@@ -35,18 +42,25 @@ $(PATCHOPS): deepcontext/data/_patchops.c
 venv: sysdeps $(VENV)/.requirements.stamp $(PATCHOPS)
 
 caffe: venv
-	@$(PY) caffe_ext/build.py
+	@$(PY) caffe_ext/build.py $(CAFFE_VARIANT)
 
 setup: caffe
 
 # The CUDA 13 + cuDNN 9 variant, compiled here (nvcc, no GPU needed), for
 # every CUDA 13 GPU (sm_75 ... sm_120 + PTX) or, with CUDA_ARCH=90 (say),
-# one target; and the relocatable tarball that runs it on a GPU machine.
+# one target.  `make cuda` installs it into the venv (gpu = 0 then trains
+# on the GPU); `make gpu-bundle` leaves the venv alone and packs it into
+# the relocatable tarball for GPU machines without compilers (dist/).
 export CUDA_ARCH
+
 cuda: venv
 	@$(PY) caffe_ext/build.py --cuda
 
-gpu-bundle: cuda
+cpu: venv
+	@$(PY) caffe_ext/build.py --cpu
+
+gpu-bundle: venv
+	@$(PY) caffe_ext/build.py --cuda --no-install
 	$(PY) caffe_ext/bundle.py
 
 test: setup

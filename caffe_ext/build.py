@@ -319,12 +319,8 @@ def fetch_cuda_libs():
         shutil.rmtree(root, ignore_errors=True)
         os.makedirs(lib)
         os.makedirs(incs[0])
-        for name in sorted(os.listdir(wheels)):
-            if not any(name.startswith(w.split('==')[0].replace('-', '_') +
-                                       '-' + w.split('==')[1])
-                       for w in CUDA_WHEELS):
-                continue
-            with zipfile.ZipFile(os.path.join(wheels, name)) as z:
+        for path in pinned_wheels(wheels):
+            with zipfile.ZipFile(path) as z:
                 for member in z.namelist():
                     parts = member.split('/')
                     if len(parts) >= 2 and parts[-2] in ('include', 'lib') \
@@ -339,6 +335,14 @@ def fetch_cuda_libs():
                 os.symlink(name, os.path.join(lib, m.group(1)))
         open(os.path.join(root, 'done.stamp'), 'w').close()
     return incs, lib
+
+
+def pinned_wheels(folder):
+    """The files of CUDA_WHEELS in a folder of downloaded wheels."""
+    prefixes = tuple(w.replace('-', '_').replace('==', '-') + '-'
+                     for w in CUDA_WHEELS)
+    return [os.path.join(folder, n) for n in sorted(os.listdir(folder))
+            if n.startswith(prefixes)]
 
 
 def nvcc_launcher():
@@ -519,10 +523,18 @@ def build(root, orig, deb, options, py, jobs, tests, extra_cmake=(),
     log('built in %.0f s' % (time.time() - t0))
 
 
-def install_into_site(root, tests):
-    """Copy pycaffe (with libcaffe beside it) into this interpreter's site."""
+def install_into_site(root, tests, cuda=None, site=None, bindir=None):
+    """Copy pycaffe (with libcaffe beside it) into this interpreter's site.
+
+    ``cuda``: None for the CPU build; for the CUDA build, (archs, CUDA
+    library folders): the ELF files get run paths to those folders (the
+    pinned wheels installed in the venv, and the machine's cudart), and
+    BUILD_INFO names the targets.  ``site`` and ``bindir`` default to this
+    interpreter's (tests give temporary ones).
+    """
     inst = os.path.join(root, 'install')
-    site = sysconfig.get_paths()['purelib']
+    site = site or sysconfig.get_paths()['purelib']
+    bindir = bindir or os.path.dirname(sys.executable)
     dst = os.path.join(site, 'caffe')
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(os.path.join(inst, 'python', 'caffe'), dst)
@@ -536,28 +548,64 @@ def install_into_site(root, tests):
                             check=True).stdout.strip()
     if soname != libname:
         os.symlink(libname, os.path.join(dst, soname))
+    cuda_dirs = cuda[1] if cuda else []
     # $ORIGIN: _caffe.so finds libcaffe next to itself, wherever the venv is.
-    subprocess.run(['patchelf', '--set-rpath', '$ORIGIN',
-                    os.path.join(dst, '_caffe.so')], check=True)
+    tree = os.path.commonpath([site, bindir])    # the venv
+    for name in ('_caffe.so', libname):
+        set_rpath(os.path.join(dst, name), [dst] + cuda_dirs, tree)
     # Caffe's own Python tests travel with the package (CMake leaves them out).
     shutil.copytree(os.path.join(root, 'src', 'python', 'caffe', 'test'),
                     os.path.join(dst, 'test'))
-    bindir = os.path.dirname(sys.executable)
     for tool in TOOLS:
         path = os.path.join(bindir, tool)
         shutil.copy2(os.path.join(inst, 'bin', tool), path)
-        rel = os.path.relpath(dst, bindir)
-        subprocess.run(['patchelf', '--set-rpath', '$ORIGIN/' + rel, path],
-                       check=True)
+        set_rpath(path, [dst] + cuda_dirs, tree)
     install_scripts(os.path.join(root, 'src'), bindir)
     testbin = os.path.join(root, 'build', 'test', 'test.testbin')
     with open(os.path.join(dst, 'BUILD_INFO'), 'w') as f:
         f.write('source: Debian caffe %s\nbuild: %s\ntestbin: %s\n'
                 'cpu_only: %s\n' % (DEB_VERSION, root,
                                     testbin if tests else '',
-                                    'yes' if '-DCPU_ONLY=ON' in CPU_OPTIONS
-                                    else 'no'))
-    log('installed pycaffe into %s' % dst)
+                                    'no' if cuda else 'yes'))
+        if cuda:
+            f.write('cuda_arch: %s\ncuda_ptx: %s\ncuda_libs: %s\n'
+                    % (' '.join(cuda[0][0]), cuda[0][1],
+                       ' '.join(cuda_dirs)))
+    missing = unresolved(os.path.join(dst, '_caffe.so'))
+    if missing:
+        die('pycaffe in %s cannot load %s' % (dst, ', '.join(missing)))
+    log('installed pycaffe (%s build) into %s'
+        % ('CUDA' if cuda else 'CPU', dst))
+
+
+def rpath_for(elf_dir, dirs, tree):
+    """A run path for an ELF file in elf_dir that finds libraries in dirs:
+    relative to $ORIGIN for folders inside ``tree`` (the venv, which then
+    still works when moved), absolute for the others (the machine's CUDA
+    runtime)."""
+    entries = []
+    tree = os.path.abspath(tree)
+    for d in dirs:
+        if os.path.commonpath([os.path.abspath(d), tree]) == tree:
+            rel = os.path.relpath(d, elf_dir)
+            entries.append('$ORIGIN' if rel == '.' else '$ORIGIN/' + rel)
+        else:
+            entries.append(os.path.abspath(d))
+    return ':'.join(dict.fromkeys(entries))
+
+
+def set_rpath(path, dirs, tree):
+    subprocess.run(['patchelf', '--set-rpath',
+                    rpath_for(os.path.dirname(os.path.abspath(path)), dirs,
+                              tree), path], check=True)
+
+
+def unresolved(elf):
+    """Shared libraries ``elf`` needs that the loader cannot find."""
+    r = subprocess.run(['ldd', elf], stdout=subprocess.PIPE, text=True,
+                       env={k: v for k, v in os.environ.items()
+                            if k != 'LD_LIBRARY_PATH'})
+    return re.findall(r'^\s*(\S+) => not found', r.stdout, re.M)
 
 
 def install_scripts(src, bindir):
@@ -585,9 +633,18 @@ def parse_args():
     p.add_argument('--jobs', type=int, default=os.cpu_count() or 2)
     p.add_argument('--no-tests', action='store_true',
                    help="skip building Caffe's C++ test binary")
-    p.add_argument('--cuda', action='store_true',
-                   help='build the CUDA 13 + cuDNN 9 variant (sm_90) into '
-                        'the cache instead of the CPU one')
+    which = p.add_mutually_exclusive_group()
+    which.add_argument('--cuda', action='store_true',
+                       help='build the CUDA 13 + cuDNN 9 variant (targets: '
+                            'CUDA_ARCH, default every CUDA 13 GPU) and '
+                            'install it into the venv')
+    which.add_argument('--cpu', action='store_true',
+                       help='install the CPU build, also over a CUDA one; '
+                            'without --cuda or --cpu the venv keeps the '
+                            'variant it has (a new venv: the CPU build)')
+    p.add_argument('--no-install', action='store_true',
+                   help='with --cuda: build into the cache only (for '
+                        'bundle.py); the venv keeps what it has')
     p.add_argument('--cuda-tests', action='store_true',
                    help="with --cuda: also build Caffe's C++ test binary")
     return p.parse_args()
@@ -623,6 +680,100 @@ def build_cuda(orig, deb, py, jobs, tests=False, archs=None):
     return root
 
 
+def installed_variant(site=None):
+    """What pycaffe in the venv is: None (none), ('cpu', None) or ('cuda',
+    (SASS list, PTX)), from its BUILD_INFO."""
+    site = site or sysconfig.get_paths()['purelib']
+    path = os.path.join(site, 'caffe', 'BUILD_INFO')
+    if not os.path.exists(path):
+        return None
+    info = {}
+    with open(path) as f:
+        for line in f:
+            key, _, value = line.partition(':')
+            info[key.strip()] = value.strip()
+    if info.get('cpu_only') != 'no':
+        return ('cpu', None)
+    bins = info.get('cuda_arch', '').split()
+    return ('cuda', (bins, info.get('cuda_ptx') or bins[-1]) if bins
+            else None)
+
+
+def choose_variant(asked, installed, env=None):
+    """The variant to install and what to tell the user about it.
+
+    asked: 'cuda', 'cpu' or None (make test, make demo: keep what the venv
+    has).  A venv never changes variant without a line saying so, and a
+    plain ``make test`` keeps a CUDA build (with its targets, unless
+    CUDA_ARCH says otherwise): the GPU stays usable.  Returns (variant,
+    archs or None, message or None).
+    """
+    env = os.environ if env is None else env
+    have = installed[0] if installed else None
+    want = asked or have or 'cpu'
+    archs = None
+    if want == 'cuda':
+        archs = (installed[1] if asked is None and installed[1] and
+                 not env.get('CUDA_ARCH') else cuda_archs(env))
+    if have and want != have:
+        return want, archs, (
+            'switching pycaffe in the venv from the %s build to the %s build'
+            ' (%s switches back)' % (have.upper(), want.upper(),
+                                     'make cuda' if have == 'cuda'
+                                     else 'make cpu or CUDA=0'))
+    if asked is None and want == 'cuda':
+        return want, archs, (
+            'the venv has the CUDA build of pycaffe (%s): keeping it; '
+            '`make cpu` (or CUDA=0) installs the CPU build'
+            % describe_archs(archs))
+    return want, archs, None
+
+
+def install_cuda_wheels():
+    """The pinned cuBLAS, cuRAND and cuDNN wheels, installed into the venv
+    (as PyTorch's are); returns the folders holding their libraries."""
+    fetch_cuda_libs()   # downloads them if needed
+    files = pinned_wheels(os.path.join(cache_root(), 'downloads',
+                                       'cuda-wheels'))
+    subprocess.run([sys.executable, '-m', 'pip', 'install', '-q',
+                    '--disable-pip-version-check', '--no-deps', '--no-index']
+                   + files, check=True)
+    site = sysconfig.get_paths()['purelib']
+    dirs = set()
+    for lib in ('libcublas.so', 'libcurand.so', 'libcudnn.so'):
+        for path in glob_libs(os.path.join(site, 'nvidia'), lib):
+            dirs.add(os.path.dirname(path))
+    return sorted(dirs)
+
+
+def glob_libs(top, name):
+    """Files named ``name`` or ``name.N...`` below ``top``."""
+    return [os.path.join(d, n) for d, _, names in os.walk(top) for n in names
+            if n == name or n.startswith(name + '.')]
+
+
+def cudart_dir():
+    for sub in ('lib64', 'targets/x86_64-linux/lib'):
+        d = os.path.join(CUDA_HOME, sub)
+        if glob_libs(d, 'libcudart.so'):
+            return d
+    die('libcudart.so not found under %s (CUDA_HOME)' % CUDA_HOME)
+
+
+def install(root, key, tests, cuda=None):
+    """install_into_site unless the venv already has the build ``key``."""
+    site = sysconfig.get_paths()['purelib']
+    stamp = os.path.join(site, 'caffe', 'BUILD_KEY')
+    if os.path.exists(stamp) and open(stamp).read() == key:
+        log('pycaffe %s already installed in %s' % (key, site))
+        return
+    if cuda:
+        cuda = (cuda, install_cuda_wheels() + [cudart_dir()])
+    install_into_site(root, tests, cuda=cuda)
+    with open(stamp, 'w') as f:
+        f.write(key)
+
+
 def main():
     args = parse_args()
     for tool in ('cmake', 'make', 'patch', 'patchelf', 'protoc'):
@@ -632,8 +783,20 @@ def main():
     py = python_facts()
     tests = not args.no_tests
     orig, deb = fetch_sources(args.tarball, args.debian_tarball)
-    if args.cuda:
+    if args.no_install:
+        if not args.cuda:
+            die('--no-install goes with --cuda')
         build_cuda(orig, deb, py, args.jobs, tests=args.cuda_tests)
+        return
+    asked = 'cuda' if args.cuda else 'cpu' if args.cpu else None
+    variant, archs, message = choose_variant(asked, installed_variant())
+    if message:
+        log(message)
+    if variant == 'cuda':
+        root = build_cuda(orig, deb, py, args.jobs, tests=args.cuda_tests,
+                          archs=archs)
+        install(root, os.path.basename(root), args.cuda_tests, cuda=archs)
+        log('train on the GPU with gpu = 0 in the config (docs/gpu.md)')
         return
     key = build_key(orig, deb, CPU_OPTIONS, py)
     root = os.path.join(cache_root(), 'caffe-cpu-' + key)
@@ -645,14 +808,7 @@ def main():
         open(done, 'w').close()
         if tests:
             open(os.path.join(root, 'done.stamp'), 'w').close()
-    site = sysconfig.get_paths()['purelib']
-    stamp = os.path.join(site, 'caffe', 'BUILD_KEY')
-    if not (os.path.exists(stamp) and open(stamp).read() == key):
-        install_into_site(root, tests)
-        with open(stamp, 'w') as f:
-            f.write(key)
-    else:
-        log('pycaffe %s already installed in %s' % (key, site))
+    install(root, key, tests)
 
 
 if __name__ == '__main__':

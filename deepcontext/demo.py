@@ -13,6 +13,7 @@ uses demo_out/deepcontext_config.py.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -20,6 +21,7 @@ from deepcontext import config as dc_config
 from deepcontext.data import photos
 from deepcontext.data.sampling import CHANCE_LOSS
 from deepcontext.eval import logparse
+from deepcontext.model import pycaffe
 from deepcontext.train import snapshots, trainer
 
 MARKER = '# deepcontext demo configuration'
@@ -143,6 +145,24 @@ def held_out_accuracy(root, outdir, iteration, images, report=print):
     return res
 
 
+def gpu_hint(cfg_gpu, cfg_path, cpu_only, visible=None):
+    """The line that tells a user with a GPU how to train on it, or None.
+
+    visible: whether an NVIDIA GPU is visible (default: /dev/nvidia0 or
+    nvidia-smi exists)."""
+    if visible is None:
+        visible = (os.path.exists('/dev/nvidia0') or
+                   shutil.which('nvidia-smi') is not None)
+    if cfg_gpu is not None or not visible:
+        return None
+    if cpu_only:
+        return ('a GPU is visible: `make demo CUDA=1` (or `make cuda`) '
+                'installs the CUDA build of pycaffe into .venv; then gpu = 0 '
+                'in %s trains on it (docs/gpu.md)' % cfg_path)
+    return ('a GPU is visible and .venv has the CUDA build: gpu = 0 in %s '
+            'trains on it' % cfg_path)
+
+
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--iters', type=int, default=60,
@@ -163,8 +183,13 @@ def main():
     done = snapshots.complete(outdir)
     start = done[-1] if done else 0
     target = start + args.iters
-    print('training iterations %d..%d on the CPU (loss per step below; '
-          'touch train_quit to stop early)' % (start, target), flush=True)
+    hint = gpu_hint(cfg.gpu, cfg_path, pycaffe.cpu_only())
+    if hint:
+        print(hint)
+    print('training iterations %d..%d on %s (loss per step below; '
+          'touch train_quit to stop early)'
+          % (start, target, 'the CPU' if cfg.gpu is None else
+             'GPU %d' % cfg.gpu), flush=True)
     # --quiet: the terminal shows our lines; out.log keeps Caffe's too
     cmd = [sys.executable, os.path.join(root, 'train.py'), '--config',
            cfg_path, '--max-iter', str(target), '--resume', 'yes', '--quiet']

@@ -202,3 +202,84 @@ def test_nvcc_with_the_gencode_list_carries_each_target(tmp_path):
     got = b.fatbin_targets(str(tmp_path / 'axpy.o'))
     assert sorted(got) == sorted(['sm_' + a for a in archs[0]] +
                                  ['compute_120'])
+
+
+# ---- which build the venv has (make cuda / make cpu / CUDA=1|0) ----
+
+def test_the_venv_never_changes_variant_without_saying_so():
+    b = load_build_py()
+    cpu, h90 = ('cpu', None), ('cuda', (['90'], '90'))
+    assert b.choose_variant(None, None, {}) == ('cpu', None, None)
+    assert b.choose_variant(None, cpu, {}) == ('cpu', None, None)
+    # a plain make test after make cuda keeps the CUDA build and its targets
+    v, archs, msg = b.choose_variant(None, h90, {})
+    assert (v, archs) == ('cuda', (['90'], '90'))
+    assert 'keeping it' in msg and 'make cpu' in msg and 'sm_90' in msg
+    # CUDA_ARCH given: that list
+    assert b.choose_variant(None, h90, {'CUDA_ARCH': '80'})[1] == (['80'],
+                                                                   '80')
+    # explicit switches are announced, both ways
+    v, archs, msg = b.choose_variant('cpu', h90, {})
+    assert v == 'cpu' and 'from the CUDA build to the CPU build' in msg
+    v, archs, msg = b.choose_variant('cuda', cpu, {})
+    assert v == 'cuda' and archs == b.cuda_archs({})
+    assert 'from the CPU build to the CUDA build' in msg
+
+
+def test_make_passes_the_variant_to_build_py():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for args, flag in ((['caffe'], ''), (['caffe', 'CUDA=1'], ' --cuda'),
+                       (['demo', 'CUDA=1'], ' --cuda'),
+                       (['test', 'CUDA=0'], ' --cpu'), (['cuda'], ' --cuda'),
+                       (['cpu'], ' --cpu'),
+                       (['gpu-bundle'], ' --cuda --no-install')):
+        out = subprocess.run(['make', '-n'] + args, cwd=root, text=True,
+                             capture_output=True, check=True).stdout
+        line = [x for x in out.splitlines() if 'caffe_ext/build.py' in x]
+        assert [x.split('build.py')[1].rstrip() for x in line] == [flag], \
+            (args, line)
+
+
+def test_install_into_a_venv_cpu_and_cuda_build_info(tmp_path):
+    """install_into_site into a temporary site and bin folder, from our
+    cached CPU build: BUILD_INFO, run paths, an importable pycaffe; then
+    the same with the CUDA arguments (the CPU build's files standing in
+    for the CUDA build's: this checks the run paths and BUILD_INFO a CUDA
+    install writes, not CUDA)."""
+    b = load_build_py()
+    root = build_info()['build']
+    site, bindir = tmp_path / 'lib' / 'site', tmp_path / 'bin'
+    bindir.mkdir(parents=True)
+    b.install_into_site(root, False, site=str(site), bindir=str(bindir))
+    assert b.installed_variant(str(site)) == ('cpu', None)
+
+    def rpath(path):
+        return subprocess.run(['patchelf', '--print-rpath', str(path)],
+                              capture_output=True, text=True,
+                              check=True).stdout.strip()
+    assert rpath(site / 'caffe' / '_caffe.so') == '$ORIGIN'
+    assert rpath(bindir / 'caffe') == '$ORIGIN/../lib/site/caffe'
+    r = subprocess.run([sys.executable, '-c', 'import caffe; '
+                        'print(caffe.__file__)'], capture_output=True,
+                       text=True, env=dict(os.environ,
+                                           PYTHONPATH=str(site)))
+    assert r.stdout.startswith(str(site)), r.stderr[-2000:]
+    # the CUDA install's run paths: wheels inside the venv relative, the
+    # machine's cudart absolute
+    wheel_lib = tmp_path / 'lib' / 'site' / 'nvidia' / 'cu13' / 'lib'
+    wheel_lib.mkdir(parents=True)
+    b.install_into_site(root, False, site=str(site), bindir=str(bindir),
+                        cuda=((['80', '90'], '90'),
+                              [str(wheel_lib), '/usr/local/cuda/lib64']))
+    assert b.installed_variant(str(site)) == ('cuda', (['80', '90'], '90'))
+    assert rpath(site / 'caffe' / '_caffe.so') == \
+        '$ORIGIN:$ORIGIN/../nvidia/cu13/lib:/usr/local/cuda/lib64'
+    assert 'cpu_only: no' in (site / 'caffe' / 'BUILD_INFO').read_text()
+
+
+def test_make_demo_says_how_to_use_a_visible_gpu():
+    from deepcontext import demo
+    assert demo.gpu_hint(None, 'c.py', cpu_only=True, visible=False) is None
+    assert demo.gpu_hint(0, 'c.py', cpu_only=False, visible=True) is None
+    assert 'make demo CUDA=1' in demo.gpu_hint(None, 'c.py', True, True)
+    assert 'gpu = 0 in c.py' in demo.gpu_hint(None, 'c.py', False, True)
