@@ -80,6 +80,17 @@ def run_train(tmp_path, cfg, *args, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def run_driver(tmp_path, source, cfg):
+    """Run the script ``source`` with the arguments TRAIN and cfg (a driver
+    that execs train.py in one namespace, as IPython's %run -i does)."""
+    driver = tmp_path / 'driver.py'
+    driver.write_text(source)
+    return subprocess.run([sys.executable, str(driver), TRAIN, cfg],
+                          cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ,
+                                                GLOG_minloglevel='1'))
+
+
 # ---- evaluation: a trained snapshot, held-out photos, the tools
 BN_EPS = 1e-5   # Caffe's BatchNorm default, as in gen_net
 

@@ -13,26 +13,6 @@ import time
 from conftest import TRAIN, processes_with, run_train, write_config
 
 
-def descendants(pid):
-    """PIDs of every live descendant of pid (children of children too)."""
-    parent = {}
-    for entry in os.listdir('/proc'):
-        if entry.isdigit():
-            try:
-                with open('/proc/%s/stat' % entry) as f:
-                    fields = f.read().rsplit(')', 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != 'Z':
-                parent[int(entry)] = int(fields[1])
-    found, frontier = [], [pid]
-    while frontier:
-        kids = [c for c, p in parent.items() if p in frontier]
-        found += kids
-        frontier = kids
-    return found
-
-
 def test_divergence_from_a_shell_exits_3(tmp_path):
     cfg = write_config(tmp_path, base_lr=1000.0, snapshot_every=1000,
                        max_iter=200)
@@ -65,8 +45,10 @@ def test_dead_loader_group_stops_with_status_1(tmp_path):
                    log.read_text()):
             assert time.time() - t0 < 300 and p.poll() is None
             time.sleep(0.2)
-        for pid in descendants(p.pid):     # every loader worker
-            os.kill(pid, signal.SIGKILL)
+        # the loaders: forks of the trainer (not the tee's copier)
+        for pid in processes_with(cfg):
+            if pid != p.pid:
+                os.kill(pid, signal.SIGKILL)
         _, err = p.communicate(timeout=300)
     finally:
         if p.poll() is None:

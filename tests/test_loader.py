@@ -2,11 +2,13 @@
 import os
 import shutil
 import signal
+import textwrap
 import time
 
 import numpy as np
 import pytest
 
+from conftest import processes_with, run_driver, write_config
 from deepcontext.data import loader, photos as dc_photos, sources
 
 
@@ -122,7 +124,7 @@ def test_dead_worker_is_restarted_then_gives_up(photos):
         first = ld.procs[1].pid
         os.kill(first, signal.SIGKILL)
         t0 = time.time()
-        for _ in range(6):            # training goes on
+        for _ in range(8):   # training goes on; worker 1 has 3 slots at most
             b = ld.get(timeout=120)
             check_batch(b, 64)
             ld.release(b)
@@ -141,3 +143,51 @@ def test_shards_split_one_order():
     joined = np.concatenate(parts)
     assert sorted(joined) == list(range(103))
     assert all(abs(len(p) - 103 / 3) < 1 for p in parts)
+
+
+RESTART_DRIVER = textwrap.dedent('''
+    import os, signal, sys, threading, time
+    train, cfg = sys.argv[1], sys.argv[2]
+    sys.argv = [train, '--config', cfg]
+    ns = {'__file__': train, '__name__': '__main__'}
+
+    def restart_one_worker():
+        while 'trainer' not in ns or ns['trainer'].steps < 2:
+            time.sleep(0.05)
+        t = ns['trainer']
+        old = t.loader.procs[0].pid
+        os.kill(old, signal.SIGKILL)
+        while t.loader.procs[0].pid == old:
+            time.sleep(0.05)
+        new = t.loader.procs[0].pid
+        tee = os.readlink('/proc/self/fd/2')      # the tee's pipe, now
+        fds = [os.readlink('/proc/%d/fd/%s' % (new, fd))
+               for fd in os.listdir('/proc/%d/fd' % new)]
+        with open('/proc/%d/stat' % new) as f:
+            ppid = int(f.read().rsplit(')', 1)[1].split()[1])
+        print('RESTARTED tee_is_pipe=%s worker_has_tee=%s worker_of_trainer=%s'
+              % (tee.startswith('pipe:'), tee in fds, ppid == os.getpid()),
+              flush=True)
+        steps = t.steps
+        while t.steps < steps + 4:               # its batches train
+            time.sleep(0.05)
+        open('train_quit', 'w').close()
+
+    threading.Thread(target=restart_one_worker, daemon=True).start()
+    exec(compile(open(train).read(), train, 'exec'), ns)
+''')
+
+
+def test_restarted_worker_has_neither_the_tee_nor_the_solver(tmp_path):
+    """A worker restarted mid-run by real train.py (Caffe and the tee live)
+    comes from the nursery, forked before both existed."""
+    cfg = write_config(tmp_path, snapshot_every=1000)
+    r = run_driver(tmp_path, RESTART_DRIVER, cfg)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    assert ('RESTARTED tee_is_pipe=True worker_has_tee=False '
+            'worker_of_trainer=False') in out, out[-3000:]
+    log = (tmp_path / 'out' / 'train_out' / 'out.log').read_text()
+    assert 'loader worker 0' in log and 'restarted it (restart 1 of 3)' in log
+    assert 'quit at iteration' in log
+    assert processes_with(cfg) == []

@@ -17,7 +17,8 @@ import pytest
 
 import caffe
 
-from conftest import TRAIN, processes_with, run_train, write_config
+from conftest import (TRAIN, processes_with, run_driver, run_train,
+                      write_config)
 from deepcontext import config as dc_config
 from deepcontext.train import snapshots, trainer
 
@@ -110,12 +111,7 @@ PAUSE_DRIVER = textwrap.dedent('''
 
 def test_pause_continue_quit_in_one_interpreter(tmp_path):
     cfg = write_config(tmp_path, snapshot_every=1000)
-    driver = tmp_path / 'driver.py'
-    driver.write_text(PAUSE_DRIVER)
-    r = subprocess.run([sys.executable, str(driver), TRAIN, cfg],
-                       cwd=tmp_path, capture_output=True, text=True,
-                       timeout=600, env=dict(os.environ,
-                                             GLOG_minloglevel='1'))
+    r = run_driver(tmp_path, PAUSE_DRIVER, cfg)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     paused = re.search(r'PAUSED (\d+) paused True', r.stdout)
     assert paused, r.stdout[-3000:]
@@ -141,7 +137,7 @@ def test_signal_quits_cleanly(tmp_path, sig):
         if log.exists() and 'norm_loss' in log.read_text():
             break
         time.sleep(0.2)
-    assert len(processes_with(cfg)) == 3     # trainer + 2 loaders
+    assert len(processes_with(cfg)) == 4     # trainer, nursery, 2 loaders
     assert os.listdir(shm)                   # buffers in tmp_dir
     p.send_signal(sig)
     assert p.wait(timeout=120) == 128 + sig

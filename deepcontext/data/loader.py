@@ -14,7 +14,15 @@ anonymous shared mappings (no files, nothing to clean up, freed when the
 last process exits); with ``tmp_dir`` they are files there, removed on close.
 
 Seeds are integers given by the caller (never ``hash()``, which Python 3
-randomises per process).  Workers use the 'fork' start method explicitly.
+randomises per process).
+
+Workers are forked by a small "nursery" process, itself forked when the
+loader starts, before the trainer builds its solver or starts the tee into
+out.log.  A worker restarted in the middle of a run therefore inherits
+neither the solver, nor the trainer's BLAS/CUDA threads (whose locks a fork
+could copy held), nor the tee's pipe on its stdout and stderr.  Each
+restart gets fresh queues (a killed worker may die holding a queue's lock),
+made before the nursery forks: ``max_restarts + 1`` sets per worker.
 """
 import atexit
 import ctypes
@@ -22,6 +30,7 @@ import mmap
 import multiprocessing as mp
 import os
 import queue
+import resource
 import shutil
 import signal
 import tempfile
@@ -119,6 +128,8 @@ def fill_batches(stream, buffers, free, emit, batch_size, projection=False):
 
 def _worker_main(wid, seed, image_set, buffers, free_q, ready_q, batch_size,
                  projection, parent_pid, order=None):
+    """A worker's life: batches into ``buffers`` until killed; exits when
+    ``parent_pid`` (the nursery) is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     _die_with_parent()
@@ -142,11 +153,96 @@ def _worker_main(wid, seed, image_set, buffers, free_q, ready_q, batch_size,
         stream = ImageStream(image_set, rng, nprng, report, order)
         fill_batches(stream, buffers, free, emit, batch_size, projection)
     except BaseException as e:  # report every failure to the main process
-        ready_q.put(('error', 'loader %d failed: %s\n%s'
-                     % (wid, e, traceback.format_exc())))
+        # a LoaderError (no usable image) is the data's fault: one line
+        where = '' if isinstance(e, LoaderError) else \
+            '\n' + traceback.format_exc()
+        ready_q.put(('error', 'loader %d failed: %s%s' % (wid, e, where)))
         ready_q.close()
         ready_q.join_thread()
         os._exit(1)
+
+
+def _nursery_main(requests, replies, workers):
+    """The nursery: fork worker ``workers[wid][gen]`` on each request.
+
+    Replies ``('started', wid, pid)`` to a request and ``('exit', pid,
+    code)`` for every worker it reaps; a ``None`` request ends it.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides
+    _die_with_parent()
+    while True:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            replies.send(('exit', pid, os.waitstatus_to_exitcode(status)))
+        if not requests.poll(0.2):
+            continue
+        try:
+            msg = requests.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        wid, gen = msg
+        nursery = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                args = workers[wid][gen]
+                _worker_main(*args[:8], nursery, *args[8:])
+                code = 0
+            finally:
+                os._exit(code)
+        replies.send(('started', wid, pid))
+
+
+class _Worker:
+    """A worker process, a child of the nursery, seen from the trainer with
+    the parts of ``multiprocessing.Process`` the loader uses."""
+
+    def __init__(self, pid, loader):
+        self.pid = pid
+        self._loader = loader
+
+    @property
+    def exitcode(self):
+        """The exit code once the nursery has reaped the worker, else None."""
+        self._loader._drain()
+        return self._loader._exitcodes.get(self.pid)
+
+    def is_alive(self):
+        if self.exitcode is not None:
+            return False
+        try:
+            with open('/proc/%d/stat' % self.pid) as f:
+                return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+        except OSError:
+            return False
+
+    def _signal(self, signum):
+        if self.exitcode is None:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self):
+        self._signal(signal.SIGTERM)
+
+    def kill(self):
+        self._signal(signal.SIGKILL)
+
+    def join(self, timeout=None):
+        """Wait until the nursery has reaped it (at most ``timeout`` s)."""
+        deadline = None if timeout is None else time.time() + timeout
+        while self.exitcode is None and (deadline is None or
+                                         time.time() < deadline):
+            time.sleep(0.02)
 
 
 class BatchLoader:
@@ -182,6 +278,9 @@ class BatchLoader:
         self.restarts = [0] * len(self.seeds)
         self.procs, self.ready, self.free, self.buffers = [], [], [], []
         self._held = {}     # worker -> slot the consumer holds
+        self._queues = []   # worker -> generation -> (free_q, ready_q)
+        self._exitcodes = {}    # worker pid -> exit code, from the nursery
+        self._nursery = None
         self._maps = []
         self._tmp = None
         self._next = 0
@@ -200,24 +299,68 @@ class BatchLoader:
         return np.frombuffer(m, dtype=np.float32).reshape(
             (self.batch_size,) + sampling.PATCH_SHAPE)
 
-    def _spawn(self, wid):
-        """(Re)start worker wid with fresh queues over its buffers."""
-        free_q, ready_q = self._ctx.Queue(), self._ctx.Queue()
-        for slot in range(len(self.buffers[wid])):
-            if self._held.get(wid) != slot:
-                free_q.put(slot)
+    def _worker_args(self, wid, gen):
         order = None
         if self.shard:
             order = shard_order(len(self.image_set), self.seeds[0], wid,
                                 len(self.seeds))
-        p = self._ctx.Process(target=_worker_main,
-                              name='deepcontext-loader-%d' % wid, daemon=True,
-                              args=(wid, self.seeds[wid], self.image_set,
-                                    self.buffers[wid], free_q, ready_q,
-                                    self.batch_size, self.projection,
-                                    os.getpid(), order))
-        p.start()
-        self.procs[wid], self.free[wid], self.ready[wid] = p, free_q, ready_q
+        free_q, ready_q = self._queues[wid][gen]
+        return (wid, self.seeds[wid], self.image_set, self.buffers[wid],
+                free_q, ready_q, self.batch_size, self.projection, order)
+
+    def _drain(self):
+        """Record the exits the nursery reported; return its other replies."""
+        other = []
+        while self._nursery is not None and self._replies.poll(0):
+            try:
+                msg = self._replies.recv()
+            except EOFError:
+                break
+            if msg[0] == 'exit':
+                self._exitcodes[msg[1]] = msg[2]
+            else:
+                other.append(msg)
+        return other
+
+    def _spawn(self, wid):
+        """(Re)start worker wid through the nursery, with the next set of
+        fresh queues over its buffers."""
+        free_q, ready_q = self._queues[wid][self.restarts[wid]]
+        for slot in range(len(self.buffers[wid])):
+            if self._held.get(wid) != slot:
+                free_q.put(slot)
+        self._requests.send((wid, self.restarts[wid]))
+        deadline = time.time() + 60
+        while True:
+            for msg in self._drain():
+                if msg[0] == 'started' and msg[1] == wid:
+                    self.procs[wid] = _Worker(msg[2], self)
+                    self.free[wid], self.ready[wid] = free_q, ready_q
+                    return
+            if not self._nursery.is_alive() or time.time() > deadline:
+                raise LoaderError('the loader nursery (pid %d) did not start '
+                                  'worker %d' % (self._nursery.pid, wid))
+            self._replies.poll(0.1)
+
+    def _start_nursery(self):
+        """Fork the nursery, after every queue it will hand out exists."""
+        n, gens = len(self.seeds), self.max_restarts + 1
+        need = 4 * n * gens + 256        # 4 descriptors per queue pair
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < need:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (
+                need if hard == resource.RLIM_INFINITY else min(need, hard),
+                hard))
+        self._queues = [[(self._ctx.Queue(), self._ctx.Queue())
+                         for _ in range(gens)] for _ in range(n)]
+        workers = [[self._worker_args(wid, gen) for gen in range(gens)]
+                   for wid in range(n)]
+        self._requests_r, self._requests = self._ctx.Pipe(duplex=False)
+        self._replies, self._replies_w = self._ctx.Pipe(duplex=False)
+        self._nursery = self._ctx.Process(
+            target=_nursery_main, name='deepcontext-loader-nursery',
+            daemon=True, args=(self._requests_r, self._replies_w, workers))
+        self._nursery.start()
 
     def start(self):
         if self.tmp_dir is not None:
@@ -229,6 +372,7 @@ class BatchLoader:
         self.procs, self.free, self.ready = [None] * n, [None] * n, [None] * n
         self.buffers = [[self._alloc(self.batch_size * PATCH_BYTES)
                          for _ in range(nslots)] for _ in range(n)]
+        self._start_nursery()
         for wid in range(n):
             self._spawn(wid)
         atexit.register(self.close)
@@ -236,6 +380,7 @@ class BatchLoader:
 
     def _restart_or_fail(self, wid):
         p = self.procs[wid]
+        p.join(timeout=2)     # the nursery reaps it and reports its code
         what = 'loader worker %d (pid %d) died with exit code %s' % (
             wid, p.pid, p.exitcode)
         if self.restarts[wid] >= self.max_restarts:
@@ -298,13 +443,26 @@ class BatchLoader:
                 p.terminate()
         for p in procs:
             p.join(timeout=5)
-            if p.is_alive():
+            if p.exitcode is None:
                 p.kill()
                 p.join(timeout=5)
-        for q in self.free + self.ready:
-            if q is not None:
-                q.cancel_join_thread()
-                q.close()
+        if self._nursery is not None:
+            try:
+                self._requests.send(None)
+            except OSError:   # it is gone already
+                pass
+            self._nursery.join(timeout=5)
+            if self._nursery.is_alive():
+                self._nursery.kill()
+                self._nursery.join(timeout=5)
+            for conn in (self._requests, self._requests_r, self._replies,
+                         self._replies_w):
+                conn.close()
+            self._nursery = None
+        for q in [q for sets in self._queues for pair in sets for q in pair]:
+            q.cancel_join_thread()
+            q.close()
+        self._queues = []
         self.buffers = []
         for m in self._maps:
             try:

@@ -11,6 +11,8 @@ between its own instructions, so neither takes effect inside
 import os
 import signal
 
+from deepcontext.train import runlog
+
 PAUSE, QUIT = 'pause', 'quit'
 
 
@@ -44,9 +46,9 @@ class Control:
         if signum == signal.SIGINT and self.signal_received == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal_received = signum
-        print('received %s: quitting cleanly after this step (Ctrl-C again '
-              'to skip the clean-up steps)' % signal.Signals(signum).name,
-              flush=True)
+        runlog.log('received %s: quitting cleanly after this step (Ctrl-C '
+                   'again to skip the clean-up steps)'
+                   % signal.Signals(signum).name, level='W')
 
     def install(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
