@@ -26,6 +26,7 @@ os.environ.setdefault('GLOG_minloglevel', '2')  # before caffe loads glog
 import caffe  # noqa: E402
 
 from deepcontext.data import photos, voc  # noqa: E402
+from deepcontext.eval import toolcheck  # noqa: E402
 from deepcontext.transfer import calibration, fast_rcnn  # noqa: E402
 
 
@@ -59,6 +60,10 @@ def parse_args():
 
 def main():
     args = parse_args()
+    toolcheck.net_definition(args.definition)
+    toolcheck.input_file(args.weights, 'weights')
+    images = (toolcheck.image_files(args.images).paths if args.images
+              else photos.test_photos())
     caffe.set_mode_cpu()
     caffe.set_random_seed(args.seed)
     try:
@@ -71,7 +76,7 @@ def main():
             scale = float(scale)
         report, ok = fast_rcnn.export(
             args.definition, args.weights, args.outdir,
-            args.images or photos.test_photos(), records,
+            images, records,
             num_classes=args.num_classes, fc6_mode=args.fc6_mode,
             input_scale=scale, calib_batches=args.batches,
             scale=args.scale, rois_per_image=args.rois_per_image,
@@ -94,4 +99,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    toolcheck.run(main, 'export_fast_rcnn')

@@ -21,6 +21,7 @@ os.environ.setdefault('GLOG_minloglevel', '2')  # before caffe loads glog
 import numpy as np  # noqa: E402
 
 from deepcontext.data import photos  # noqa: E402
+from deepcontext.eval import toolcheck  # noqa: E402
 from deepcontext.transfer import calibration  # noqa: E402
 
 
@@ -61,8 +62,12 @@ def print_report(report):
 
 def main():
     args = parse_args()
+    toolcheck.net_definition(args.definition)
+    toolcheck.input_file(args.load, 'weights')
     netdef, net = calibration.load_net(args.definition, args.load)
-    paths = args.images or photos.demo_photos()
+    toolcheck.known_layers(net, args.reinit, '--reinit layer')
+    paths = (toolcheck.image_files(args.images).paths if args.images
+             else photos.demo_photos())
     batches = calibration.input_batches(net, paths, args.batch_size,
                                         args.batches)
     for layer in args.reinit:
@@ -100,4 +105,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    toolcheck.run(main, 'rescale')
