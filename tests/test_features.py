@@ -1,10 +1,6 @@
 """Feature extraction (deepcontext/eval/features.py) against numpy and Caffe.
 
-The snapshot is conftest's ``bn_snapshot``: 4 real SGD steps of the patch
-network on patches of the first test photos, so its BatchNorm statistics
-are real; held-out images are the later test photos (``held_out``).
-Numbers are checked against independent references; whether the trained
-net beats the random one is printed, not asserted.
+Fixtures (a real BatchNorm snapshot, held-out photos) are in conftest.py.
 """
 import numpy as np
 import pytest

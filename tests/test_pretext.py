@@ -1,10 +1,6 @@
 """Pretext accuracy (deepcontext/eval/pretext.py, tools/eval_pretext.py).
 
-The snapshot is conftest's ``bn_snapshot``: 4 real SGD steps of the patch
-network on patches of the first test photos, so its BatchNorm statistics
-are real; held-out images are the later test photos (``held_out``).
-Numbers are checked against independent references; whether the trained
-net beats the random one is printed, not asserted.
+Fixtures (a real BatchNorm snapshot, held-out photos) are in conftest.py.
 """
 import json
 

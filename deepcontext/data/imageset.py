@@ -90,26 +90,8 @@ class ImageSet(ImageSource):
         return self.paths[index]
 
     def load(self, index, target_pixels=None):
-        """Decode image ``index``.
-
-        Parameters
-        ----------
-        index : int
-            Position in ``paths``, the image's ID.
-        target_pixels : int or None
-            The number of pixels the caller will resize the image to; used
-            only in draft mode.
-
-        Returns
-        -------
-        numpy.ndarray
-            ``(H, W, 3)`` uint8 RGB, as ``load_rgb``.
-
-        Raises
-        ------
-        ImageError
-            Naming the file, if it cannot be decoded.
-        """
+        """Decode file ``index`` (see :meth:`ImageSource.load`); JPEGs in
+        draft mode when ``draft`` is set."""
         return load_rgb(self.paths[index],
                         target_pixels if self.draft else None)
 

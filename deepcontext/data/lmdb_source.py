@@ -231,27 +231,9 @@ class LmdbImageSet(ImageSource):
         return 'key {} in LMDB {}'.format(key, self.path)
 
     def load(self, index, target_pixels=None):
-        """Decode record ``index``.
-
-        Parameters
-        ----------
-        index : int
-            Record index, the image's ID (0 <= index < len).
-        target_pixels : int or None
-            The number of pixels the caller will resize the image to; used
-            only in draft mode.
-
-        Returns
-        -------
-        numpy.ndarray
-            ``(H, W, 3)`` uint8 RGB.
-
-        Raises
-        ------
-        decode.ImageError
-            Naming the key and the database, if the record is missing or
-            cannot be decoded.
-        """
+        """Decode record ``index`` (see :meth:`ImageSource.load`); a missing
+        or undecodable record raises ``decode.ImageError`` naming its key
+        and the database."""
         if not 0 <= index < len(self):
             raise IndexError('record {} of {}'.format(index, self.describe()))
         key = self.key(index)
