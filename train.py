@@ -53,7 +53,8 @@ def _interactive():
 if 'trainer' not in globals():
     from deepcontext import config as dc_config
     from deepcontext.train.trainer import (Trainer, PAUSED, DIVERGED,
-                                           EXIT_CONFIG, exit_status)
+                                           EXIT_CONFIG, EXIT_NO_SPACE,
+                                           exit_status, no_space)
     _args = _parse_args()
     _over = {k: v for k, v in (('max_iter', _args.max_iter),
                                ('resume', _args.resume)) if v is not None}
@@ -63,6 +64,12 @@ if 'trainer' not in globals():
     except dc_config.ConfigError as _e:
         print('deepcontext: %s' % _e, file=sys.stderr)
         sys.exit(EXIT_CONFIG)
+    except (RuntimeError, OSError) as _e:   # trainer.NoSpace, or ENOSPC
+        if not no_space(_e):
+            raise
+        print('deepcontext: disk full during set-up: %s' % _e,
+              file=sys.stderr)
+        sys.exit(EXIT_NO_SPACE)
     solver = trainer.solver
 
 _state = trainer.run()

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from caffe.proto import caffe_pb2
 from deepcontext.model import nets
 from deepcontext.train import snapshots
 from conftest import TRAIN, processes_with, run_train, write_config
@@ -170,3 +171,184 @@ def test_tee_on_a_full_disk_says_so_and_keeps_the_terminal(tmp_path):
     assert re.search(r'\] \d+ bytes of this log were not written \(No '
                      r'space left on device\)\n', text)
     assert text.endswith('room again\n')
+
+
+def train_to(tmp_path, cfg, iteration):
+    r = run_train(tmp_path, cfg, '--max-iter', str(iteration))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return r
+
+
+def test_changed_or_non_finite_pairs_are_rejected_for_the_one_before(
+        tmp_path):
+    """Same-size bytes changed in the newest pair (the hash catches it),
+    NaN weights in the one before (the finite check after the restore
+    catches it, even with a marker that matches): both are reported on
+    stderr and in out.log, moved to rejected/, and the run resumes from
+    the pair before them."""
+    cfg = write_config(tmp_path, snapshot_every=2)
+    out = tmp_path / 'out' / 'train_out'
+    train_to(tmp_path, cfg, 6)
+    with open(out / 'model_iter_6.solverstate', 'r+b') as f:
+        f.write(b'\xff' * 64)
+    model4 = out / 'model_iter_4.caffemodel'
+    weights = caffe_pb2.NetParameter.FromString(model4.read_bytes())
+    fc7 = [layer for layer in weights.layer if layer.name == 'fc7'][0]
+    for i in range(0, 1 << 18, 7):
+        fc7.blobs[0].data[i] = float('nan')
+    model4.write_bytes(weights.SerializeToString())
+    snapshots.mark_complete(str(out), 4)                 # the hash agrees
+    r = train_to(tmp_path, cfg, 7)
+    log = (out / 'out.log').read_text()
+    for text in (log, r.stderr):
+        assert ('model_iter_6 rejected: model_iter_6.solverstate content '
+                'changed since it was written (SHA-256 differs from its '
+                'marker); moved to %s, never loaded' % (out / 'rejected')
+                ) in text
+        assert 'model_iter_4 rejected: non-finite weights in fc7' in text
+    assert 'restoring %s' % (out / 'model_iter_2.solverstate') in log
+    assert sorted(os.listdir(out / 'rejected')) == [
+        'model_iter_%d.%s' % (i, ext) for i in (4, 6)
+        for ext in ('caffemodel', 'complete', 'solverstate')]
+    assert snapshots.complete(str(out)) == [2, 4, 6]   # written again
+    assert 'Iteration 6, norm_loss = nan' not in log
+
+
+def test_a_pair_that_makes_caffe_abort_is_skipped_at_the_next_start(
+        tmp_path):
+    """A solverstate that passes our checks but not Caffe's (no history,
+    as in the fault run's 'history_size() == history_.size() (0 vs 33)'):
+    Caffe aborts; its message reaches stderr and out.log; the next start
+    skips the pair instead of aborting again."""
+    cfg = write_config(tmp_path, snapshot_every=2)
+    out = tmp_path / 'out' / 'train_out'
+    train_to(tmp_path, cfg, 4)
+    state = caffe_pb2.SolverState(iter=4, learned_net=str(
+        out / 'model_iter_4.caffemodel'))
+    (out / 'model_iter_4.solverstate').write_bytes(state.SerializeToString())
+    snapshots.mark_complete(str(out), 4)
+    r = run_train(tmp_path, cfg, '--max-iter', '5')
+    assert r.returncode == -signal.SIGABRT
+    fatal = 'Check failed: state.history_size() == history_.size()'
+    log = (out / 'out.log').read_text()
+    for text in (log, r.stderr):
+        assert fatal in text and 'aborted by Caffe: %s' % fatal in text
+    r = train_to(tmp_path, cfg, 5)
+    log = (out / 'out.log').read_text()
+    assert 'model_iter_4 rejected: restoring it made Caffe abort: %s' % fatal \
+        in r.stderr
+    assert log.count('restoring %s' % (out / 'model_iter_2.solverstate')) == 1
+    assert processes_with(cfg) == []
+
+
+def test_unmarked_snapshots_are_never_overwritten(tmp_path):
+    """All markers missing (copied without them): refused with one line,
+    nothing written; marking one resumes from it."""
+    cfg = write_config(tmp_path, snapshot_every=2)
+    out = tmp_path / 'out' / 'train_out'
+    train_to(tmp_path, cfg, 4)
+    for marker in out.glob('*.complete'):
+        marker.unlink()
+    before = {p.name: (p.stat().st_size, p.stat().st_mtime_ns)
+              for p in out.glob('model_iter_*')}
+    r = run_train(tmp_path, cfg, '--max-iter', '6')
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        'deepcontext: %s holds snapshots without a valid completion marker '
+        '(model_iter_2, model_iter_4) that this run would overwrite: check '
+        'one and mark it to resume from it (python -m '
+        'deepcontext.train.snapshots mark %s N), or move them away'
+        % (out, out)]
+    assert {p.name: (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in out.glob('model_iter_*')} == before
+    assert 'refused: %s holds snapshots' % out in (out / 'out.log').read_text()
+    # marking the older one is not enough: model_iter_4 would be overwritten
+    assert snapshots.main(['mark', str(out), '2']) == 0
+    assert run_train(tmp_path, cfg, '--max-iter', '6').returncode == 1
+    assert snapshots.main(['mark', str(out), '4']) == 0
+    r = train_to(tmp_path, cfg, 5)
+    assert 'restoring %s' % (out / 'model_iter_4.solverstate') in \
+        (out / 'out.log').read_text()
+
+
+def fill(folder):
+    """Another writer takes every free byte of folder's disk."""
+    fd = os.open(os.path.join(folder, 'filler'), os.O_WRONLY | os.O_CREAT)
+    for size in (1 << 20, 4096, 1):
+        try:
+            while True:
+                os.write(fd, b'\0' * size)
+        except OSError:
+            pass
+    os.close(fd)
+
+
+def start_train(tmp_path, cfg, env=None):
+    return subprocess.Popen([sys.executable, TRAIN, '--config', cfg],
+                            cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=env or dict(os.environ,
+                                            GLOG_minloglevel='1'))
+
+
+def when_ready(p, ready, act):
+    """Wait for ready(), act(), then for the run's end; its stderr."""
+    try:
+        assert wait_for(ready, timeout=300, step=0.01)
+        act()
+        return p.communicate(timeout=300)[1]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_disk_filled_by_another_writer_ends_the_run_with_status_4(
+        tmp_path, small_disk):
+    cfg = write_config(tmp_path, out_dir=str(small_disk),
+                       snapshot_every=1000)
+    log = small_disk / 'train_out' / 'out.log'
+    p = start_train(tmp_path, cfg, env={k: v for k, v in os.environ.items()
+                                        if k != 'GLOG_minloglevel'})
+    err = when_ready(p, lambda: log.exists() and 'Iteration 1, norm_loss' in
+                     log.read_text(), lambda: fill(small_disk))
+    assert p.returncode == 4, err[-3000:]
+    assert 'Traceback' not in err
+    assert re.search(r'\] disk_full at iteration \d+: .*No space left on '
+                     r'device\n', err), err[-3000:]
+    assert processes_with(cfg) == []
+
+
+def test_disk_filled_while_caffe_writes_a_snapshot(tmp_path, small_disk):
+    """Caffe aborts (its write fails); its message is on stderr; the
+    previous state is intact and the next start cleans up and goes on."""
+    cfg = write_config(tmp_path, out_dir=str(small_disk), snapshot_every=3)
+    out = small_disk / 'train_out'
+    p = start_train(tmp_path, cfg)
+    err = when_ready(p, (out / 'model_iter_3.writing').exists,
+                     lambda: fill(small_disk))
+    assert p.returncode == -signal.SIGABRT, err[-3000:]
+    assert re.search(r'\n(F\d{4} .*Check failed.*)\n', err), err[-3000:]
+    assert 'aborted by Caffe: Check failed' in err
+    assert snapshots.complete(str(out)) == []
+    os.remove(small_disk / 'filler')
+    r = train_to(tmp_path, cfg, 4)
+    assert ('ignoring incomplete snapshot model_iter_3 (a crash while writing '
+            'it): never loaded; removed') in r.stderr
+    assert snapshots.complete(str(out)) == [3]
+    assert processes_with(cfg) == []
+
+
+def test_sigterm_during_set_up_quits_with_a_line_in_out_log(tmp_path):
+    cfg = write_config(tmp_path)
+    log = tmp_path / 'out' / 'train_out' / 'out.log'
+    p = start_train(tmp_path, cfg)
+    # out.log exists once the tee runs: the set-up goes on
+    err = when_ready(p, log.exists, lambda: p.send_signal(signal.SIGTERM))
+    assert p.returncode == 128 + signal.SIGTERM, err[-2000:]
+    text = log.read_text()
+    assert 'received SIGTERM during set-up: quitting' in text
+    assert 'quit at iteration 0: SIGTERM during set-up' in text
+    assert 'quit at iteration 0: SIGTERM during set-up' in err
+    assert 'Iteration 0, norm_loss' not in text
+    assert processes_with(cfg) == []

@@ -232,7 +232,7 @@ def reject(outdir, iteration):
     return dest
 
 
-def _state_header(path):
+def state_header(path):
     """(iter, learned_net) from the head of a solverstate, without parsing
     the history: fields 1 and 2 come first in what Caffe writes."""
     with open(path, 'rb') as f:
@@ -300,7 +300,7 @@ def verify(outdir, iteration, layers=None, solver_type='SGD'):
             if sha256(path) != content[key]['sha256']:
                 return ('%s content changed since it was written (SHA-256 '
                         'differs from its marker)' % os.path.basename(path))
-    it, learned = _state_header(state)
+    it, learned = state_header(state)
     if it != iteration:
         return 'its solverstate holds iteration %s' % it
     if learned is not None and os.path.basename(learned) != \

@@ -6,13 +6,17 @@ pause file, a quit file, a signal, ``max_iter`` or a divergence check stops
 it; ``run()`` again continues where it stopped.  Where it differs from the
 original, and why: docs/fidelity.md.
 """
+import errno
 import os
+import re
+import signal
 import sys
 import tempfile
 import time
 import zlib
 
 import lmdb
+import numpy as np
 
 from deepcontext.train import runlog
 runlog.glog_2015_prefix()   # before Caffe loads glog: one prefix in out.log
@@ -33,12 +37,28 @@ DIVERGED = 'diverged'    # a divergence check fired; the solver stays live
 MAX_ITER = 'max_iter'    # the solver reached the config's max_iter
 STOPPED = 'stopped'      # a snapshot would not fit, or the loaders failed
 DISK_FULL = STOPPED      # the name of earlier releases
+NO_SPACE = 'disk_full'   # a write failed for lack of space (out.log, ...)
 
 # Exit status of train.py from a shell, by how the run ended (README, Fault
 # tolerance).  A signal's quit exits 128 + the signal's number, as shells do.
 # PAUSED from a shell ends the process too, as asked: 0.
-EXIT_STATUS = {QUIT: 0, MAX_ITER: 0, PAUSED: 0, STOPPED: 1, DIVERGED: 3}
+EXIT_STATUS = {QUIT: 0, MAX_ITER: 0, PAUSED: 0, STOPPED: 1, DIVERGED: 3,
+               NO_SPACE: 4}
 EXIT_CONFIG = 1          # refused before any work (config, out_dir, resume)
+EXIT_NO_SPACE = EXIT_STATUS[NO_SPACE]   # the same, during set-up
+
+
+class NoSpace(RuntimeError):
+    """A write failed for lack of disk space (or quota)."""
+
+
+def no_space(error):
+    """The OSError, or the Tee's failure, says the disk or quota is full."""
+    if isinstance(error, NoSpace):
+        return True
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(error, tuple) and error[0] in ('ENOSPC', 'EDQUOT')
 
 
 def exit_status(state, signum=None):
@@ -95,8 +115,20 @@ class Trainer:
         self.state = None
         self.stats = None
         self.closed = False
-        self.ignored = []
-        self._setup()
+        self.ignored = []       # unmarked pairs not ours: never touched
+        self.leftovers = []     # pairs a crash cut short: removed
+        self.candidates = []    # marked pairs, oldest first
+        self.resumed = None     # the iteration restored, or None
+        # Ctrl-C and SIGTERM during set-up: quit once it is done (run()
+        # returns at once), with a line in out.log, not a silent death
+        self.control.install()
+        try:
+            self._setup()
+        except dc_config.ConfigError as e:
+            self._note_refusal(e)
+            raise
+        finally:
+            self.control.uninstall()
 
     # ---- set-up ---------------------------------------------------------
     def _check_outdir(self):
@@ -105,9 +137,13 @@ class Trainer:
             raise dc_config.ConfigError('out_dir %s does not exist' % parent)
         if not os.access(parent, os.W_OK):
             raise dc_config.ConfigError('out_dir %s is not writable' % parent)
-        self.ignored = snapshots.incomplete(self.outdir)
-        done = snapshots.complete(self.outdir)
+        unmarked = snapshots.incomplete(self.outdir)
+        self.leftovers = [i for i in unmarked
+                          if snapshots.crash_leftover(self.outdir, i)]
+        self.ignored = [i for i in unmarked if i not in self.leftovers]
+        done = self.candidates = snapshots.complete(self.outdir)
         if not done:
+            self._refuse_overwriting(0)
             return None
         last = done[-1]
         choice = self.cfg.resume
@@ -136,12 +172,17 @@ class Trainer:
         resume_from = self._check_outdir()
         os.makedirs(self.outdir, exist_ok=True)
         self.control.clear()
-        # Loaders first: they fork before the tee and the solver exist.
+        # Loaders first: they fork before the tee and the solver exist, and
+        # before our signal handlers (a child must not inherit them).
         self.loader = BatchLoader(
             image_set, loader_seeds(cfg, self.outdir), cfg.batch_size,
             cfg.queue_size, cfg.projection, cfg.tmp_dir, log=runlog.log,
             shard=cfg.loader_shard, max_restarts=cfg.loader_restarts)
-        self.loader.start()
+        self.control.uninstall()
+        try:
+            self.loader.start()
+        finally:
+            self.control.install()
         self.tee = runlog.Tee(os.path.join(self.outdir, 'out.log'),
                               quiet=self.quiet).start()
         try:
@@ -151,7 +192,13 @@ class Trainer:
                 monitor.tracked_params(self.solver.net))
             if cfg.gpu is not None:
                 self._start_feed()
-        except BaseException:
+            self._check_log()
+            if self.control.signal_received:
+                runlog.log('received %s during set-up: quitting' %
+                           signal.Signals(self.control.signal_received).name,
+                           level='W')
+        except BaseException as e:
+            self._log_failed_setup(e)
             self.close()
             raise
         finally:
@@ -178,13 +225,61 @@ class Trainer:
             raise dc_config.ConfigError('tmp_dir %s is not usable: %s'
                                         % (tmp, e.strerror or e))
 
+    def _refuse_overwriting(self, resumed):
+        """Unmarked pairs after the one we resume from (not a crash's
+        leftover of ours) would be overwritten: refuse to start."""
+        later = [i for i in self.ignored if i > resumed]
+        if later:
+            raise dc_config.ConfigError(
+                '%s holds snapshots without a valid completion marker '
+                '(model_iter_%s) that this run would overwrite: check one '
+                'and mark it to resume from it (python -m '
+                'deepcontext.train.snapshots mark %s N), or move them away'
+                % (self.outdir, ', model_iter_'.join(map(str, later)),
+                   self.outdir))
+
+    def _note_refusal(self, e):
+        """A refusal goes into an existing out.log too, straight (the
+        terminal gets it once, from train.py)."""
+        log = os.path.join(self.outdir, 'out.log')
+        if os.path.isfile(log):
+            try:
+                with open(log, 'a') as f:
+                    f.write(runlog.glog_line('refused: %s' % e, 'E') + '\n')
+            except OSError:
+                pass   # it is on stderr (train.py)
+
+    def _log_failed_setup(self, e):
+        """Why the set-up failed, in out.log and on stderr (refusals and a
+        full disk: train.py says it)."""
+        if isinstance(e, KeyboardInterrupt):
+            runlog.log('interrupted during set-up', level='E')
+        elif not isinstance(e, (dc_config.ConfigError, NoSpace,
+                                SystemExit)) and not no_space(e):
+            runlog.log('set-up failed: %s: %s' % (type(e).__name__, e),
+                       level='E')
+
+    def _check_log(self):
+        """Raise NoSpace (or OSError) if out.log cannot be written."""
+        failure = self.tee.failure()
+        if failure:
+            message = 'cannot write %s: %s' % (self.tee.path, failure[1])
+            raise NoSpace(message) if no_space(failure) else \
+                OSError(message)
+
     def _log_start(self, image_set):
         runlog.log('deepcontext run %s: %d images from %s'
                    % (self.outdir, len(image_set), image_set.describe()))
         runlog.log(self.cfg.describe().replace('\n', '\n    '))
+        for it in self.leftovers:
+            runlog.log('ignoring incomplete snapshot model_iter_%d (a crash '
+                       'while writing it): never loaded; removed' % it,
+                       level='W')
+            snapshots.remove(self.outdir, it)
         for it in self.ignored:
             runlog.log('ignoring incomplete snapshot model_iter_%d (no valid '
-                       'completion marker): never loaded' % it, level='W')
+                       'completion marker): never loaded nor overwritten'
+                       % it, level='W')
 
     def _write_definitions(self):
         """config.json, the two nets and solver.prototxt; the solver's path."""
@@ -213,10 +308,69 @@ class Trainer:
         runlog.log('constructing solver')
         self.solver = caffe.get_solver(solver_path)
         if resume_from is not None:
-            state = os.path.join(self.outdir, 'model_iter_%d.solverstate'
-                                 % resume_from)
-            runlog.log('restoring %s' % state)
-            self.solver.restore(state)
+            self.resumed = self._restore_newest(solver_path)
+            self._refuse_overwriting(self.resumed or 0)
+
+    def _restore_newest(self, solver_path):
+        """Restore the newest marked pair that passes the checks; report
+        and set aside the others (snapshots.py).  Returns its iteration."""
+        layers = snapshots.live_layers(self.solver.net)
+        solver_type = self.solver_param.type or 'SGD'
+        for it in reversed(self.candidates):
+            try:
+                why = self._aborted_restoring(it) or snapshots.verify(
+                    self.outdir, it, layers, solver_type)
+            except snapshots.ForeignSnapshot as e:
+                raise dc_config.ConfigError(
+                    '%s in %s: use another out_dir or exp_name, or move the '
+                    'snapshots away' % (e, self.outdir))
+            if why is None:
+                restoring = snapshots.side_file(self.outdir, it, 'restoring')
+                open(restoring, 'w').close()
+                model, state, _ = snapshots.paths(self.outdir, it)
+                runlog.log('restoring %s' % state)
+                self.solver.restore(state)
+                os.remove(restoring)
+                learned = snapshots.state_header(state)[1]
+                if learned is not None and not os.path.samefile(learned,
+                                                                model):
+                    # a copied folder: the weights must be the pair's own
+                    runlog.log('its solverstate names %s; loading %s instead'
+                               % (learned, model), level='W')
+                    self.solver.net.copy_from(model)
+                bad = [name for name, blobs in self.solver.net.params.items()
+                       if not all(np.isfinite(b.data).all() for b in blobs)]
+                if not bad:
+                    return it
+                why = 'non-finite weights in %s' % ', '.join(bad)
+                self.solver = caffe.get_solver(solver_path)   # fresh weights
+            folder = snapshots.reject(self.outdir, it)
+            runlog.log('model_iter_%d rejected: %s; moved to %s, never '
+                       'loaded' % (it, why, folder), level='W')
+        runlog.log('no snapshot passed the checks: training from iteration 0',
+                   level='W')
+        return None
+
+    def _aborted_restoring(self, it):
+        """Caffe's fatal message, if the previous start aborted while
+        restoring pair ``it`` (its .restoring file is left, and out.log
+        has glog's F line after the 'restoring' line); else None."""
+        path = snapshots.side_file(self.outdir, it, 'restoring')
+        if not os.path.exists(path):
+            return None
+        os.remove(path)
+        log = os.path.join(self.outdir, 'out.log')
+        with open(log, 'rb') as f:
+            f.seek(max(0, os.path.getsize(log) - (1 << 16)))
+            tail = f.read().decode(errors='replace')
+        at = tail.rfind('restoring %s' % snapshots.paths(self.outdir, it)[1])
+        fatal = re.search(r'^F\d{4} [^]]*\] (.*)$', tail[at:], re.M) \
+            if at >= 0 else None
+        if fatal:
+            return 'restoring it made Caffe abort: %s' % fatal.group(1)
+        runlog.log('the previous start was stopped while restoring '
+                   'model_iter_%d; trying it again' % it, level='W')
+        return None
 
     def _start_feed(self):
         """GPU runs: batches go to the GPU while the previous step runs."""
@@ -243,6 +397,7 @@ class Trainer:
         if (self.solver.iter + 1) % self.cfg.snapshot_every == 0:
             snapshots.ensure_space(self.outdir, self.solver.net,
                                       self.solver.iter + 1)
+            snapshots.begin(self.outdir, self.solver.iter + 1)
         t0 = time.time()
         if self.feed is not None:
             batch = self.feed.next()
@@ -262,7 +417,9 @@ class Trainer:
                       batch.queued, t_data, time.time() - t0))
         self.steps += 1
         if self.solver.iter % self.cfg.snapshot_every == 0:
-            snapshots.mark_complete(self.outdir, self.solver.iter)
+            snapshots.mark_complete(self.outdir, self.solver.iter,
+                                    snapshots.live_layers(self.solver.net),
+                                    self.solver_param.type or 'SGD')
             runlog.log('snapshot model_iter_%d complete' % self.solver.iter)
         return norm_loss
 
@@ -288,29 +445,41 @@ class Trainer:
         self.tee.start()
         self.control.install()
         self.state = None
+        why = ''
         try:
             runlog.solving(pycaffe.read_netparam(self.solver_param.net).name,
                            self.solver_param.lr_policy)
-            runlog.log('training from iteration %d (touch %s to pause, %s to '
-                       'quit)' % (self.solver.iter, self.control.pause_file,
-                                  self.control.quit_file))
+            if self.control.signal_received:      # during set-up
+                self.state = QUIT
+                why = ': %s during set-up' % signal.Signals(
+                    self.control.signal_received).name
+            else:
+                runlog.log('training from iteration %d (touch %s to pause, '
+                           '%s to quit)' % (self.solver.iter,
+                                            self.control.pause_file,
+                                            self.control.quit_file))
             taken = 0
             while self.state is None:
-                if self.steps % self.cfg.stats_every == 0:
-                    problems = self._statistics()
-                    if problems:
-                        for p in problems:
-                            runlog.log(p + '. Please examine the situation '
-                                       'and run the script again to '
-                                       'continue.', level='E')
-                        self.state = DIVERGED
-                        break
                 try:
+                    if self.steps % self.cfg.stats_every == 0:
+                        problems = self._statistics()
+                        if problems:
+                            for p in problems:
+                                runlog.log(p + '. Please examine the '
+                                           'situation and run the script '
+                                           'again to continue.', level='E')
+                            self.state = DIVERGED
+                            break
                     self.step()
+                    self._check_log()
                 except (snapshots.SnapshotError, LoaderError) as e:
                     # in out.log, not only on the terminal: why the run ended
-                    runlog.log(str(e), level='E')
-                    self.state = STOPPED
+                    self.state, why = STOPPED, ': %s' % e
+                    break
+                except (NoSpace, OSError) as e:
+                    if not no_space(e):
+                        raise
+                    self.state, why = NO_SPACE, ': %s' % e
                     break
                 taken += 1
                 request = self.control.poll()
@@ -323,15 +492,23 @@ class Trainer:
                     self.state = MAX_ITER
                 elif max_steps is not None and taken >= max_steps:
                     self.state = PAUSED
-            runlog.log('%s at iteration %d' % (self.state, self.solver.iter))
-        except BaseException:
+            # how the run ended, with why: in out.log and on stderr
+            runlog.log('%s at iteration %d%s' % (self.state, self.solver.iter,
+                                                 why),
+                       level='I' if self.state in (PAUSED, QUIT, MAX_ITER)
+                       else 'E', stderr=True)
+        except BaseException as e:
+            runlog.log('interrupted at iteration %d' % self.solver.iter
+                       if isinstance(e, KeyboardInterrupt) else
+                       'failed at iteration %d: %s: %s' % (
+                           self.solver.iter, type(e).__name__, e), level='E')
             self.control.uninstall()
             self.tee.stop()
             self.close()
             raise
         self.control.uninstall()
         self.tee.stop()
-        if self.state in (QUIT, MAX_ITER, STOPPED):
+        if self.state in (QUIT, MAX_ITER, STOPPED, NO_SPACE):
             self.close()
         return self.state
 
