@@ -77,6 +77,11 @@ KEYS = {
                         'is restarted this many times, then the run stops.'),
     'queue_size': (5, (int,),
                    'Batches each loader may have ready (original Queue(5)).'),
+    'min_source_side': (0, (int,),
+                        'Skip images whose shorter side is below this many '
+                        'pixels; 0 (off) trains on them upscaled, as the '
+                        'original (each one under 247 px is reported once '
+                        'per loader).'),
     'seed': (None, (int,),
              "Base random seed of the loaders (worker i uses seed + i); None "
              "derives it from the output folder's path with CRC-32."),

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,8 +10,11 @@ import textwrap
 import time
 
 import pytest
+from PIL import Image
 
 from caffe.proto import caffe_pb2
+from deepcontext.data import photos, sources
+from deepcontext.data.loader import BatchLoader
 from deepcontext.model import nets
 from deepcontext.train import snapshots
 from conftest import TRAIN, processes_with, run_train, write_config
@@ -352,3 +356,108 @@ def test_sigterm_during_set_up_quits_with_a_line_in_out_log(tmp_path):
     assert 'quit at iteration 0: SIGTERM during set-up' in err
     assert 'Iteration 0, norm_loss' not in text
     assert processes_with(cfg) == []
+
+
+def photo_folder(folder, count=3):
+    """A folder of real photos, a FIFO named .jpg and a 1x1 image."""
+    folder.mkdir()
+    for path in photos.test_photos()[:count]:
+        shutil.copy(path, folder)
+    os.mkfifo(folder / 'fifo.jpg')
+    Image.new('RGB', (1, 1), (200, 10, 10)).save(folder / 'tiny.png')
+    return folder
+
+
+def test_fifo_is_skipped_and_tiny_image_reported_once(tmp_path):
+    images = sources.open_image_source(str(photo_folder(tmp_path / 'im')))
+    said = []
+    with BatchLoader(images, [5], batch_size=48, queue_size=1,
+                     log=said.append) as ld:
+        for _ in range(12):             # several passes over the 5 files
+            ld.release(ld.get(timeout=60))
+    fifo = [s for s in said if 'fifo.jpg' in s]
+    tiny = [s for s in said if 'tiny.png' in s]
+    assert fifo and all(s.endswith('fifo.jpg: not a regular file')
+                        for s in fifo)
+    assert len(tiny) == 1 and re.search(r'tiny\.png\): 1x1 upscaled to '
+                                        r'\d+x\d+: too small', tiny[0])
+    said = []
+    with BatchLoader(images, [5], batch_size=48, queue_size=1,
+                     log=said.append, min_source_side=247) as ld:
+        for _ in range(8):
+            ld.release(ld.get(timeout=60))
+    assert any(s.endswith('tiny.png): 1x1, smaller than min_source_side '
+                          '247') for s in said)
+
+
+def test_no_usable_image_is_one_line(tmp_path):
+    folder = tmp_path / 'im'
+    folder.mkdir()
+    (folder / 'a.jpg').write_text('not an image')
+    os.mkfifo(folder / 'b.jpg')
+    Image.new('RGB', (10, 4000)).save(folder / 'thin.png')
+    cfg = write_config(tmp_path, max_iter=3)
+    text = open(cfg).read().replace('images = _d.test_photos()',
+                                    'images = %r' % str(folder))
+    open(cfg, 'w').write(text)
+    r = run_train(tmp_path, cfg, timeout=120)
+    assert r.returncode == 1
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert re.search(r'\] stopped at iteration 0: loader \d failed: no usable '
+                     r'image in folder %s: 3 images' % folder, r.stderr)
+
+
+def children(pid):
+    found = []
+    for entry in os.listdir('/proc'):
+        try:
+            with open('/proc/%s/stat' % entry) as f:
+                if int(f.read().rsplit(')', 1)[1].split()[1]) == pid:
+                    found.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def test_dead_worker_is_restarted_at_the_next_step(tmp_path):
+    """Its queue still holds batches (queue_size 3): the restart does not
+    wait for them to be used up."""
+    cfg = write_config(tmp_path, queue_size=3, snapshot_every=1000)
+    log = tmp_path / 'out' / 'train_out' / 'out.log'
+    p = start_train(tmp_path, cfg)
+    killed = []
+
+    def kill_a_worker():
+        nursery = [c for c in children(p.pid) if c in processes_with(cfg)]
+        worker = children(nursery[0])[0]
+        killed.append(len(re.findall('norm_loss', log.read_text())))
+        os.kill(worker, signal.SIGKILL)
+        assert wait_for(lambda: 'died with exit code' in log.read_text(),
+                        timeout=120)
+        killed.append(len(re.findall('norm_loss', log.read_text())))
+        (tmp_path / 'train_quit').touch()
+
+    err = when_ready(p, lambda: log.exists() and 'Iteration 3, norm_loss'
+                     in log.read_text(), kill_a_worker)
+    assert p.returncode == 0, err[-2000:]
+    assert killed[1] - killed[0] <= 1, killed     # at the next step
+    assert 'restarted it (restart 1 of 3)' in log.read_text()
+    assert processes_with(cfg) == []
+
+
+def test_buffers_of_a_killed_run_are_removed_at_the_next_start(tmp_path):
+    shm = tmp_path / 'shm'
+    cfg = write_config(tmp_path, tmp_dir=str(shm), snapshot_every=1000)
+    log = tmp_path / 'out' / 'train_out' / 'out.log'
+    p = start_train(tmp_path, cfg)
+    when_ready(p, lambda: log.exists() and 'Iteration 0, norm_loss' in
+               log.read_text(), lambda: p.send_signal(signal.SIGKILL))
+    assert wait_for(lambda: processes_with(cfg) == [], timeout=30)
+    left = os.listdir(shm)
+    assert left == ['deepcontext-%d-%s' % (p.pid, left[0].split('-')[2])]
+    mb = sum(f.stat().st_size for f in (shm / left[0]).iterdir()) / 1e6
+    assert mb > 10          # (queue_size + 2) x workers x batch buffers
+    r = train_to(tmp_path, cfg, 1)
+    assert ('removed %s: %.0f MB of loader buffers left by process %d, which '
+            'is gone' % (shm / left[0], mb, p.pid)) in r.stderr
+    assert os.listdir(shm) == []

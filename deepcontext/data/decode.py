@@ -30,6 +30,7 @@ Limits and deliberate behaviour:
 
 import io
 import os
+import stat
 import struct
 import warnings
 
@@ -105,12 +106,16 @@ def load_rgb(path, draft_pixels=None):
     Raises
     ------
     ImageError
-        For any failure: missing or empty file, not an image, truncated data,
+        For any failure: missing or empty file, not a regular file (a FIFO
+        named .jpg), not an image, truncated data,
         an image over Pillow's decompression-bomb limit, or an unsupported
         pixel mode.
     """
     path = os.fspath(path)
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            # a FIFO would block open() for ever, a device read for ever
+            raise ImageError(path, 'not a regular file')
         return _decode(path, draft_pixels)
     except FileNotFoundError:
         raise ImageError(path, 'no such file') from None

@@ -11,7 +11,14 @@ batch-sized buffers in shared memory, mapped before the workers are forked:
 a worker writes patches straight into a free buffer and sends only the
 buffer's number, the pairs and the labels.  By default the buffers are
 anonymous shared mappings (no files, nothing to clean up, freed when the
-last process exits); with ``tmp_dir`` they are files there, removed on close.
+last process exits); with ``tmp_dir`` they are files there, removed on close,
+in a folder named after the trainer's pid (``deepcontext-PID-*``), so that
+the folders of a run killed with -9 are found and removed by the next one
+(:func:`remove_stale_buffers`).
+
+The trainer looks at every worker at each :meth:`BatchLoader.get`, not
+only at the one it reads from, so a dead worker is restarted at the next
+step even while its queue still holds batches.
 
 Seeds are integers given by the caller (never ``hash()``, which Python 3
 randomises per process).
@@ -30,6 +37,7 @@ import mmap
 import multiprocessing as mp
 import os
 import queue
+import re
 import resource
 import shutil
 import signal
@@ -76,8 +84,11 @@ class ImageStream:
     ``batches.assemble_batches`` takes.
     """
 
-    def __init__(self, image_set, rng, nprng, report=print, order=None):
+    def __init__(self, image_set, rng, nprng, report=print, order=None,
+                 min_source_side=0):
         self.image_set = image_set
+        self.min_source_side = min_source_side
+        self.upscaled = set()   # tiny images reported (batches.usable_image)
         self.rng, self.nprng = rng, nprng
         # The original: every worker walks all images in its own order.
         # A shard (loader_shard) is a given slice of one shared order.
@@ -92,7 +103,9 @@ class ImageStream:
             idx = int(self.order[self.cursor % len(self.order)])
             self.cursor += 1
             im = batches.usable_image(self.image_set, idx, self.rng,
-                                      self.report)
+                                      self.report,
+                                      min_source_side=self.min_source_side,
+                                      upscaled=self.upscaled)
             if im is not None:
                 return idx, im
         raise LoaderError('no usable image in %s: all %d failed to load or '
@@ -127,7 +140,7 @@ def fill_batches(stream, buffers, free, emit, batch_size, projection=False):
 
 
 def _worker_main(wid, seed, image_set, buffers, free_q, ready_q, batch_size,
-                 projection, parent_pid, order=None):
+                 projection, parent_pid, order=None, min_source_side=0):
     """A worker's life: batches into ``buffers`` until killed; exits when
     ``parent_pid`` (the nursery) is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides
@@ -150,7 +163,8 @@ def _worker_main(wid, seed, image_set, buffers, free_q, ready_q, batch_size,
         ready_q.put(('batch', slot, n, pairs, labels))
 
     try:
-        stream = ImageStream(image_set, rng, nprng, report, order)
+        stream = ImageStream(image_set, rng, nprng, report, order,
+                             min_source_side)
         fill_batches(stream, buffers, free, emit, batch_size, projection)
     except BaseException as e:  # report every failure to the main process
         # a LoaderError (no usable image) is the data's fault: one line
@@ -261,11 +275,14 @@ class BatchLoader:
         each walking all of them (the original)
     max_restarts : int, a worker that dies (killed, out of memory) is
         restarted this many times, then the loader raises LoaderError
+    min_source_side : int, images with a shorter side are skipped (0: off;
+        batches.usable_image)
     """
 
     def __init__(self, image_set, seeds, batch_size=sampling.BATCH_SIZE,
                  queue_size=5, projection=False, tmp_dir=None, log=print,
-                 shard=False, max_restarts=3):
+                 shard=False, max_restarts=3, min_source_side=0):
+        self.min_source_side = min_source_side
         self.image_set = image_set
         self.seeds = list(seeds)
         self.batch_size = batch_size
@@ -306,7 +323,8 @@ class BatchLoader:
                                 len(self.seeds))
         free_q, ready_q = self._queues[wid][gen]
         return (wid, self.seeds[wid], self.image_set, self.buffers[wid],
-                free_q, ready_q, self.batch_size, self.projection, order)
+                free_q, ready_q, self.batch_size, self.projection, order,
+                self.min_source_side)
 
     def _drain(self):
         """Record the exits the nursery reported; return its other replies."""
@@ -365,8 +383,8 @@ class BatchLoader:
     def start(self):
         if self.tmp_dir is not None:
             os.makedirs(self.tmp_dir, exist_ok=True)
-            self._tmp = tempfile.mkdtemp(prefix='deepcontext-',
-                                         dir=self.tmp_dir)
+            self._tmp = tempfile.mkdtemp(
+                prefix='deepcontext-%d-' % os.getpid(), dir=self.tmp_dir)
         nslots = self.queue_size + 2   # ready + one filling + one in use
         n = len(self.seeds)
         self.procs, self.free, self.ready = [None] * n, [None] * n, [None] * n
@@ -377,6 +395,23 @@ class BatchLoader:
             self._spawn(wid)
         atexit.register(self.close)
         return self
+
+    def _look_at_workers(self):
+        """Restart every dead worker now, not when its queue runs dry; a
+        worker that died reporting an error raises it (LoaderError)."""
+        for wid, p in enumerate(self.procs):
+            if p.is_alive():
+                continue
+            while True:     # what it sent before dying: batches are dropped
+                try:
+                    msg = self.ready[wid].get(timeout=0.1)
+                except queue.Empty:
+                    break
+                if msg[0] == 'log':
+                    self.log(msg[1])
+                elif msg[0] == 'error':
+                    raise LoaderError(msg[1])
+            self._restart_or_fail(wid)
 
     def _restart_or_fail(self, wid):
         p = self.procs[wid]
@@ -401,6 +436,7 @@ class BatchLoader:
         call :meth:`release`.  Raises LoaderError if the worker died or
         failed, or nothing arrived within ``timeout`` seconds.
         """
+        self._look_at_workers()
         wid = self._next % len(self.procs)
         self._next += 1
         deadline = time.time() + timeout
@@ -409,7 +445,7 @@ class BatchLoader:
                 msg = self.ready[wid].get(timeout=1.0)
             except queue.Empty:
                 if not self.procs[wid].is_alive():
-                    self._restart_or_fail(wid)
+                    self._look_at_workers()
                     deadline = time.time() + timeout
                     continue
                 if time.time() > deadline:
@@ -480,6 +516,38 @@ class BatchLoader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _gone(pid):
+    """True when no live process has this pid (a zombie counts as gone)."""
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[0] == 'Z'
+    except OSError:
+        return True
+
+
+def remove_stale_buffers(tmp_dir):
+    """Remove the buffer folders that loaders of dead processes left in
+    ``tmp_dir`` (a run killed with -9 cannot remove its own).
+
+    Returns one message per folder removed.  Folders of live processes, and
+    ones not named ``deepcontext-PID-*``, are left alone.
+    """
+    said = []
+    if tmp_dir is None or not os.path.isdir(tmp_dir):
+        return said
+    for name in sorted(os.listdir(tmp_dir)):
+        m = re.match(r'deepcontext-(\d+)-', name)
+        path = os.path.join(tmp_dir, name)
+        if not m or not os.path.isdir(path) or not _gone(int(m.group(1))):
+            continue
+        size = sum(os.path.getsize(os.path.join(path, f))
+                   for f in os.listdir(path))
+        shutil.rmtree(path, ignore_errors=True)
+        said.append('removed %s: %.0f MB of loader buffers left by process '
+                    '%s, which is gone' % (path, size / 1e6, m.group(1)))
+    return said
 
 
 def _cpu_seconds(pid):

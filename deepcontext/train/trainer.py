@@ -24,7 +24,8 @@ import caffe  # noqa: E402
 
 from deepcontext import config as dc_config  # noqa: E402
 from deepcontext.data import sources  # noqa: E402
-from deepcontext.data.loader import BatchLoader, LoaderError  # noqa: E402
+from deepcontext.data.loader import (BatchLoader, LoaderError,  # noqa: E402
+                                     remove_stale_buffers)
 from deepcontext.model import nets, pycaffe  # noqa: E402
 from deepcontext.model import solver as dc_solver  # noqa: E402
 from deepcontext.train import control as dc_control  # noqa: E402
@@ -177,7 +178,8 @@ class Trainer:
         self.loader = BatchLoader(
             image_set, loader_seeds(cfg, self.outdir), cfg.batch_size,
             cfg.queue_size, cfg.projection, cfg.tmp_dir, log=runlog.log,
-            shard=cfg.loader_shard, max_restarts=cfg.loader_restarts)
+            shard=cfg.loader_shard, max_restarts=cfg.loader_restarts,
+            min_source_side=cfg.min_source_side)
         self.control.uninstall()
         try:
             self.loader.start()
@@ -271,6 +273,8 @@ class Trainer:
         runlog.log('deepcontext run %s: %d images from %s'
                    % (self.outdir, len(image_set), image_set.describe()))
         runlog.log(self.cfg.describe().replace('\n', '\n    '))
+        for line in remove_stale_buffers(self.cfg.tmp_dir):
+            runlog.log(line, level='W')
         for it in self.leftovers:
             runlog.log('ignoring incomplete snapshot model_iter_%d (a crash '
                        'while writing it): never loaded; removed' % it,
