@@ -54,7 +54,7 @@ if 'trainer' not in globals():
     from deepcontext import config as dc_config
     from deepcontext.train.trainer import (Trainer, PAUSED, DIVERGED,
                                            EXIT_CONFIG, EXIT_NO_SPACE,
-                                           exit_status, no_space)
+                                           LogError, exit_status, no_space)
     _args = _parse_args()
     _over = {k: v for k, v in (('max_iter', _args.max_iter),
                                ('resume', _args.resume)) if v is not None}
@@ -62,6 +62,9 @@ if 'trainer' not in globals():
         trainer = Trainer(dc_config.load(_args.config, **_over),
                           exp_name=_script_name(), quiet=_args.quiet)
     except dc_config.ConfigError as _e:
+        print('deepcontext: %s' % _e, file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    except LogError as _e:
         print('deepcontext: %s' % _e, file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     except (RuntimeError, OSError) as _e:   # trainer.NoSpace, or ENOSPC

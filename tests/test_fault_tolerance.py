@@ -461,3 +461,15 @@ def test_buffers_of_a_killed_run_are_removed_at_the_next_start(tmp_path):
     assert ('removed %s: %.0f MB of loader buffers left by process %d, which '
             'is gone' % (shm / left[0], mb, p.pid)) in r.stderr
     assert os.listdir(shm) == []
+
+
+def test_out_log_that_cannot_be_opened_is_refused_in_one_line(tmp_path):
+    cfg = write_config(tmp_path)
+    log = tmp_path / 'out' / 'train_out' / 'out.log'
+    log.mkdir(parents=True)     # root writes read-only files: not this
+    r = run_train(tmp_path, cfg, '--max-iter', '1')
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert 'Traceback' not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        'deepcontext: cannot write %s: Is a directory' % log)
+    assert processes_with(cfg) == []

@@ -53,6 +53,10 @@ class NoSpace(RuntimeError):
     """A write failed for lack of disk space (or quota)."""
 
 
+class LogError(RuntimeError):
+    """out.log cannot be written, for another reason than space."""
+
+
 def no_space(error):
     """The OSError, or the Tee's failure, says the disk or quota is full."""
     if isinstance(error, NoSpace):
@@ -256,18 +260,18 @@ class Trainer:
         full disk: train.py says it)."""
         if isinstance(e, KeyboardInterrupt):
             runlog.log('interrupted during set-up', level='E')
-        elif not isinstance(e, (dc_config.ConfigError, NoSpace,
+        elif not isinstance(e, (dc_config.ConfigError, NoSpace, LogError,
                                 SystemExit)) and not no_space(e):
             runlog.log('set-up failed: %s: %s' % (type(e).__name__, e),
                        level='E')
 
     def _check_log(self):
-        """Raise NoSpace (or OSError) if out.log cannot be written."""
+        """Raise NoSpace (or LogError) if out.log cannot be written."""
         failure = self.tee.failure()
         if failure:
             message = 'cannot write %s: %s' % (self.tee.path, failure[1])
             raise NoSpace(message) if no_space(failure) else \
-                OSError(message)
+                LogError(message)
 
     def _log_start(self, image_set):
         runlog.log('deepcontext run %s: %d images from %s'
@@ -364,9 +368,12 @@ class Trainer:
             return None
         os.remove(path)
         log = os.path.join(self.outdir, 'out.log')
-        with open(log, 'rb') as f:
-            f.seek(max(0, os.path.getsize(log) - (1 << 16)))
-            tail = f.read().decode(errors='replace')
+        try:
+            with open(log, 'rb') as f:
+                f.seek(max(0, os.path.getsize(log) - (1 << 16)))
+                tail = f.read().decode(errors='replace')
+        except OSError:
+            tail = ''
         at = tail.rfind('restoring %s' % snapshots.paths(self.outdir, it)[1])
         fatal = re.search(r'^F\d{4} [^]]*\] (.*)$', tail[at:], re.M) \
             if at >= 0 else None
@@ -476,7 +483,7 @@ class Trainer:
                             break
                     self.step()
                     self._check_log()
-                except (snapshots.SnapshotError, LoaderError) as e:
+                except (snapshots.SnapshotError, LoaderError, LogError) as e:
                     # in out.log, not only on the terminal: why the run ended
                     self.state, why = STOPPED, ': %s' % e
                     break
