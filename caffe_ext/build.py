@@ -63,12 +63,14 @@ CPU_OPTIONS = [
 # runtime.  nvcc and cudart come from the machine (/usr/local/cuda); cuBLAS,
 # cuRAND and cuDNN headers and libraries from NVIDIA's PyPI wheels, pinned to
 # CUDA 13.0-era releases so the result runs with the CUDA 13.0 runtime
-# libraries of the GPU machines.  The GPU targets are cuda_archs()'s.
+# libraries of the GPU machines; NCCL (USE_NCCL: pycaffe's caffe.NCCL, the
+# multi-GPU group of deepcontext/train/multigpu.py) from NVIDIA's wheel for
+# CUDA 13.  The GPU targets are cuda_archs()'s.
 CUDA_BASE_OPTIONS = [o for o in CPU_OPTIONS
                      if not o.startswith(('-DCPU_ONLY', '-DUSE_HDF5'))] + [
     '-DCPU_ONLY=OFF',
     '-DUSE_CUDNN=ON',
-    '-DUSE_NCCL=OFF',
+    '-DUSE_NCCL=ON',
     '-DUSE_HDF5=OFF',
     '-DCUDA_ARCH_NAME=Manual',
 ]
@@ -161,7 +163,7 @@ def describe_archs(archs):
 
 
 CUDA_WHEELS = ['nvidia-cublas==13.0.2.14', 'nvidia-curand==10.4.0.35',
-               'nvidia-cudnn-cu13==9.13.0.50']
+               'nvidia-cudnn-cu13==9.13.0.50', 'nvidia-nccl-cu13==2.32.3']
 CUDA_HOME = os.environ.get('CUDA_HOME', '/usr/local/cuda')
 
 # Caffe tools copied next to the venv's python (used by benches and tests).
@@ -299,7 +301,7 @@ def nvcc_version():
 
 
 def fetch_cuda_libs():
-    """cuBLAS, cuRAND and cuDNN from their pinned PyPI wheels.
+    """cuBLAS, cuRAND, cuDNN and NCCL from their pinned PyPI wheels.
 
     Returns (include folders, library folder); the library folder gets the
     unversioned .so links a linker looks for.
@@ -369,6 +371,9 @@ def cuda_cmake_args(incs, lib):
             '-DCUDNN_LIBRARY=' + os.path.join(lib, 'libcudnn.so'),
             '-DCUDA_cublas_LIBRARY=' + os.path.join(lib, 'libcublas.so'),
             '-DCUDA_curand_LIBRARY=' + os.path.join(lib, 'libcurand.so'),
+            # Caffe's FindNCCL searches system folders only
+            '-DNCCL_INCLUDE_DIR=' + incs[0],
+            '-DNCCL_LIBRARIES=' + os.path.join(lib, 'libnccl.so'),
             '-DCMAKE_CXX_FLAGS=' + inc_flags,
             '-DCUDA_NVCC_FLAGS=' + ';'.join('-I' + i for i in incs),
             '-DCMAKE_EXE_LINKER_FLAGS=' + link,
@@ -730,7 +735,7 @@ def choose_variant(asked, installed, env=None):
 
 
 def install_cuda_wheels():
-    """The pinned cuBLAS, cuRAND and cuDNN wheels, installed into the venv
+    """The pinned cuBLAS, cuRAND, cuDNN and NCCL wheels, installed into the venv
     (as PyTorch's are); returns the folders holding their libraries."""
     fetch_cuda_libs()   # downloads them if needed
     files = pinned_wheels(os.path.join(cache_root(), 'downloads',
@@ -740,7 +745,7 @@ def install_cuda_wheels():
                    + files, check=True)
     site = sysconfig.get_paths()['purelib']
     dirs = set()
-    for lib in ('libcublas.so', 'libcurand.so', 'libcudnn.so'):
+    for lib in ('libcublas.so', 'libcurand.so', 'libcudnn.so', 'libnccl.so'):
         for path in glob_libs(os.path.join(site, 'nvidia'), lib):
             dirs.add(os.path.dirname(path))
     return sorted(dirs)
