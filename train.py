@@ -17,6 +17,11 @@ process.  A later start resumes from the newest snapshot in
 OUT_DIR/train_out/ (asking first, as the original did, unless told).
 The control files and the output folder are named after this script: a copy
 named exp2.py uses exp2_pause, exp2_quit and OUT_DIR/exp2_out/.
+
+With ``gpus = [0, 1, ...]`` in the config, ``trainer`` launches one process
+per GPU (docs/gpu.md) and ``solver`` is None: the solvers live in those
+processes.  Pause, quit and signals act on the whole group; a rank that
+dies stops it (exit status 1).
 """
 import argparse
 import os
@@ -52,15 +57,24 @@ def _interactive():
 
 if 'trainer' not in globals():
     from deepcontext import config as dc_config
-    from deepcontext.train.trainer import (Trainer, PAUSED, DIVERGED,
-                                           EXIT_CONFIG, EXIT_NO_SPACE,
+    from deepcontext.train import multigpu
+    from deepcontext.train.trainer import (Trainer, GroupTrainer, PAUSED,
+                                           DIVERGED, STOPPED, EXIT_CONFIG,
+                                           EXIT_NO_SPACE, EXIT_STATUS,
                                            LogError, exit_status, no_space)
     _args = _parse_args()
     _over = {k: v for k, v in (('max_iter', _args.max_iter),
                                ('resume', _args.resume)) if v is not None}
     try:
-        trainer = Trainer(dc_config.load(_args.config, **_over),
-                          exp_name=_script_name(), quiet=_args.quiet)
+        _cfg = dc_config.load(_args.config, **_over)
+        if _cfg.gpus is not None and len(_cfg.gpus) > 1:
+            # CPU_STAND_IN: a test-only switch, ranks without NCCL
+            trainer = GroupTrainer(
+                _cfg, exp_name=_script_name(), quiet=_args.quiet,
+                stand_in=os.environ.get(multigpu.CPU_STAND_IN) == '1')
+        else:
+            trainer = Trainer(_cfg, exp_name=_script_name(),
+                              quiet=_args.quiet)
     except dc_config.ConfigError as _e:
         print('deepcontext: %s' % _e, file=sys.stderr)
         sys.exit(EXIT_CONFIG)
@@ -75,8 +89,15 @@ if 'trainer' not in globals():
         sys.exit(EXIT_NO_SPACE)
     solver = trainer.solver
 
-_state = trainer.run()
-if _state != PAUSED and not (_state == DIVERGED and _interactive()):
+try:
+    _state = trainer.run()
+except multigpu.GroupError as _e:     # a rank died: the group was stopped
+    print('deepcontext: %s' % _e, file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(EXIT_STATUS[STOPPED])
+if _state == DIVERGED and trainer.solver is None and _interactive():
+    del trainer     # a group's ranks have ended: the next run resumes
+elif _state != PAUSED and not (_state == DIVERGED and _interactive()):
     # The original killed its own process on quit; an exit here, also out of
     # IPython, so the loaders and the tee are certainly gone.  The status
     # says how the run ended (trainer.EXIT_STATUS).  A pause, and in IPython

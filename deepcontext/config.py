@@ -38,6 +38,11 @@ KEYS = {
                 "that needs no files."),
     'gpu': (None, (int,),
             'GPU device id, or None to train on the CPU.'),
+    'gpus': (None, (list,),
+             'Several GPU device ids, e.g. [0, 1, 2, 3]: one process per GPU, '
+             "gradients summed by Caffe's NCCL (needs a CUDA build with "
+             'NCCL; batch and learning-rate semantics: docs/gpu.md).  None: '
+             "the single device of 'gpu'."),
     'tf32': (False, (bool,),
              'On a GPU, let fp32 convolutions (cuDNN) and matrix products '
              '(cuBLAS) use TF32 tensor cores: about 2.2x faster steps on an '
@@ -188,6 +193,15 @@ def _check_values(cfg):
                           'patches a batch' % cfg.batch_size)
     if cfg.gpu is not None and cfg.gpu < 0:
         raise ConfigError('gpu must be a device id >= 0 or None')
+    if cfg.gpus is not None:
+        if cfg.gpu is not None:
+            raise ConfigError("set 'gpu' or 'gpus', not both")
+        if not cfg.gpus or any(type(g) is not int or g < 0
+                               for g in cfg.gpus):
+            raise ConfigError('gpus must be a non-empty list of device ids '
+                              '>= 0, got %r' % (cfg.gpus,))
+        if len(set(cfg.gpus)) != len(cfg.gpus):
+            raise ConfigError('gpus lists a device twice: %r' % (cfg.gpus,))
 
 
 def image_source(cfg):

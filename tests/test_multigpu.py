@@ -8,7 +8,10 @@ an NCCL group.  These ranks do not exchange gradients (no NCCL in the CPU
 build); what they share is what the launcher coordinates.
 """
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -18,7 +21,10 @@ import caffe
 from caffe import layers as L
 from caffe.proto import caffe_pb2
 
+from conftest import TRAIN, processes_with, write_config
+from deepcontext import config as dc_config
 from deepcontext.train import multigpu as mg
+from deepcontext.train import snapshots, trainer
 
 
 def test_plan_ranks_node_major():
@@ -188,3 +194,176 @@ def test_a_rank_that_dies_stops_the_group(tmp_path):
     for p in g.procs:
         with pytest.raises(ProcessLookupError):
             os.kill(p.pid, 0)
+
+
+# ---- train.py with gpus = [0, 1]: the CPU stand-in group (no NCCL) ----
+# DEEPCONTEXT_CPU_GROUP=1 (multigpu.CPU_STAND_IN) is a test-only switch:
+# each rank is a real Trainer on the CPU, with its own loaders, but the
+# ranks exchange no gradients.  What is tested is the group's plumbing.
+
+STAND_IN = {mg.CPU_STAND_IN: '1', 'GLOG_minloglevel': '1'}
+
+
+def group_config(tmp_path, **extra):
+    settings = dict(gpus=[0, 1], snapshot_every=2, stats_every=2,
+                    batch_size=32)
+    settings.update(extra)
+    return write_config(tmp_path, **settings)
+
+
+def start_train(tmp_path, cfg, *args):
+    return subprocess.Popen([sys.executable, TRAIN, '--config', cfg] +
+                            list(args), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, **STAND_IN))
+
+
+def wait_for_log(p, log, text, timeout=120):
+    t0 = time.time()
+    while not (log.exists() and text in log.read_text()):
+        assert time.time() - t0 < timeout and p.poll() is None, \
+            p.stderr.read() if p.poll() is not None else 'timeout'
+        time.sleep(0.1)
+
+
+def test_loader_seeds_of_each_rank(tmp_path):
+    cfg = dc_config.resolve(dict(images='x', out_dir=str(tmp_path),
+                                 loader_workers=3, seed=500))
+    one_gpu = trainer.loader_seeds(cfg, str(tmp_path))
+    assert one_gpu == [500, 501, 502]
+    assert trainer.loader_seeds(cfg, str(tmp_path), 0) == one_gpu
+    both = one_gpu + trainer.loader_seeds(cfg, str(tmp_path), 1)
+    assert len(set(both)) == 6
+
+
+def test_gpus_config_refusals(tmp_path):
+    for extra, says in ((dict(gpu=0, gpus=[0, 1]), "set 'gpu' or 'gpus'"),
+                        (dict(gpus=[0, 0]), 'lists a device twice'),
+                        (dict(gpus=[0, 1]), 'CPU-only build')):
+        cfg = write_config(tmp_path, **extra)
+        r = subprocess.run([sys.executable, TRAIN, '--config', cfg],
+                           cwd=tmp_path, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 1, r.stderr[-2000:]
+        assert r.stderr.count('\n') == 1 and says in r.stderr, r.stderr
+        assert 'Traceback' not in r.stderr
+
+
+def test_group_rank0_writes_the_outputs_and_resumes(tmp_path):
+    cfg = group_config(tmp_path)
+    p = start_train(tmp_path, cfg, '--max-iter', '2')
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err[-2000:]
+    outdir = tmp_path / 'out' / 'train_out'
+    text = (outdir / 'out.log').read_text()
+    # one line per iteration: rank 1 trained silently
+    assert [int(i) for i in re.findall(r'Iteration (\d+), norm_loss',
+                                       text)] == [0, 1]
+    assert 'averaged over 2 ranks' in text and 'max_iter at iteration 2' \
+        in text
+    assert snapshots.complete(str(outdir)) == [2]
+    assert sorted(os.listdir(outdir)) == sorted(
+        ['config.json', 'intval.npy', 'network.prototxt',
+         'network_no_bn.prototxt', 'nrm.npy', 'out.log', 'solver.prototxt',
+         'stats.json', 'model_iter_2.caffemodel', 'model_iter_2.complete',
+         'model_iter_2.solverstate'])
+    assert not [f for f in os.listdir(tmp_path) if 'deepcontext-group' in f]
+    # the group resumes, every rank from rank 0's newest pair
+    p = start_train(tmp_path, cfg, '--max-iter', '4')
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err[-2000:]
+    text = (outdir / 'out.log').read_text()
+    assert 'training from iteration 2' in text
+    assert snapshots.complete(str(outdir)) == [2, 4]
+    assert processes_with(cfg) == []
+
+
+GROUP_PAUSE_DRIVER = '''
+import os, sys, threading, time
+train, cfg = sys.argv[1], sys.argv[2]
+sys.argv = [train, '--config', cfg, '--max-iter', '1000']
+ns = {'__file__': train, '__name__': '__main__'}
+code = compile(open(train).read(), train, 'exec')
+
+def pause_when_running():
+    while 'trainer' not in ns:
+        time.sleep(0.05)
+    open('train_pause', 'w').close()
+
+threading.Thread(target=pause_when_running, daemon=True).start()
+exec(code, ns)                                   # %run -i train.py
+g = ns['trainer'].group
+it1 = list(g.state.done)
+print('PAUSED', it1, ns['solver'], all(p.is_alive() for p in g.procs),
+      flush=True)
+open('train_pause', 'w').close()
+exec(code, ns)                                   # continue
+print('CONTINUED', list(g.state.done), ns['trainer'].group is g, flush=True)
+open('train_quit', 'w').close()
+exec(code, ns)                                   # quit: exits
+print('NOT REACHED', flush=True)
+'''
+
+
+def test_group_pause_continue_quit_in_one_interpreter(tmp_path):
+    cfg = group_config(tmp_path, snapshot_every=1000)
+    driver = tmp_path / 'driver.py'
+    driver.write_text(GROUP_PAUSE_DRIVER)
+    r = subprocess.run([sys.executable, str(driver), TRAIN, cfg],
+                       cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, **STAND_IN))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    paused = re.search(r'PAUSED \[(\d+), (\d+)\] None True', r.stdout)
+    assert paused and paused.group(1) == paused.group(2), r.stdout[-3000:]
+    cont = re.search(r'CONTINUED \[(\d+), (\d+)\] True', r.stdout)
+    assert cont and cont.group(1) == cont.group(2)
+    assert int(cont.group(1)) > int(paused.group(1))
+    assert 'NOT REACHED' not in r.stdout
+    log = (tmp_path / 'out' / 'train_out' / 'out.log').read_text()
+    assert 'paused at iteration' in log and 'quit at iteration' in log
+    assert processes_with(cfg) == []
+    assert not os.path.exists(tmp_path / 'train_quit')
+
+
+def run_and_interrupt(tmp_path, cfg, interrupt):
+    """train.py with the group; interrupt(p) once rank 0 logged a step.
+    Returns (exit status, stderr, out.log's text)."""
+    p = start_train(tmp_path, cfg)
+    log = tmp_path / 'out' / 'train_out' / 'out.log'
+    try:
+        wait_for_log(p, log, 'Iteration 0, norm_loss')
+        interrupt(p)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return p.returncode, err, log.read_text()
+
+
+def test_group_sigterm_quits_every_rank(tmp_path):
+    cfg = group_config(tmp_path, snapshot_every=1000)
+    code, err, log = run_and_interrupt(
+        tmp_path, cfg, lambda p: p.send_signal(signal.SIGTERM))
+    assert code == 128 + signal.SIGTERM, err[-2000:]
+    assert re.search(r'quit at iteration \d+', log)
+    assert processes_with(cfg) == []
+
+
+def kill_rank1(p):
+    # the launcher's children: its ranks, forked in order
+    ranks = sorted(pid for pid in processes_with(p.args[3]) if open(
+        '/proc/%d/stat' % pid).read().split(') ')[1].split()[1] ==
+        str(p.pid))
+    assert len(ranks) == 2, ranks
+    os.kill(ranks[1], signal.SIGKILL)
+
+
+def test_group_a_dead_rank_stops_train_py(tmp_path):
+    cfg = group_config(tmp_path, snapshot_every=1000)
+    code, err, _ = run_and_interrupt(tmp_path, cfg, kill_rank1)
+    assert code == 1, err[-2000:]
+    assert re.search(r'rank 1 \(GPU 1\) ended with signal 9 at iteration '
+                     r'\d+: stopped the group', err), err[-2000:]
+    assert 'Traceback' not in err
+    assert processes_with(cfg) == []

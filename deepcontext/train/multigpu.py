@@ -20,9 +20,11 @@ rank that dies stops the group with a message, and ranks die with the
 launcher (``PR_SET_PDEATHSIG``), so nothing is left behind.
 
 Limits: the launcher and its ranks share one machine (the group state is
-shared memory).  Across nodes see docs/gpu.md.  Without NCCL (a CPU-only
-pycaffe) the same code runs ranks that do not exchange gradients: the
-tests use that as a CPU stand-in for the group's control logic.
+shared memory).  Across nodes see docs/gpu.md.  A pycaffe without NCCL
+cannot train on several GPUs (:func:`has_nccl`).  The same code runs
+ranks that do not exchange gradients on the CPU: the tests use that as a
+CPU STAND-IN for the group's control logic (train.py with
+DEEPCONTEXT_CPU_GROUP=1, a test-only switch; never a training method).
 """
 import collections
 import ctypes
@@ -42,8 +44,24 @@ Rank = collections.namedtuple('Rank', 'rank local_rank gpu world_size node')
 
 # How a rank's run ended, as shared-memory codes; the words are the
 # trainer's (trainer.PAUSED etc.).
-STATES = ('running', 'paused', 'quit', 'diverged', 'max_iter', 'stopped')
-RUNNING, PAUSED, QUIT, DIVERGED, MAX_ITER, STOPPED = range(len(STATES))
+STATES = ('running', 'paused', 'quit', 'diverged', 'max_iter', 'stopped',
+          'disk_full')
+RUNNING, PAUSED, QUIT, DIVERGED, MAX_ITER, STOPPED, DISK_FULL = range(
+    len(STATES))
+# A rank ends on its own (a snapshot that would not fit, its loaders
+# failed, a full disk): the group stops too.
+ALONE = (STOPPED, DISK_FULL)
+
+# The test-only switch of train.py: a group of CPU ranks (no NCCL, no
+# gradient exchange), the CPU stand-in of the tests.
+CPU_STAND_IN = 'DEEPCONTEXT_CPU_GROUP'
+
+
+def has_nccl():
+    """pycaffe was built with NCCL (USE_NCCL): it can train on several
+    GPUs.  Caffe's own feature test: every pycaffe has a caffe.NCCL class,
+    a stub without NCCL."""
+    return bool(getattr(caffe, 'has_nccl', lambda: False)())
 
 
 class GroupError(RuntimeError):
@@ -171,6 +189,8 @@ class GroupState:
         self.stop_at = ctx.Value('q', -1, lock=False)
         self.reason = ctx.Value('i', RUNNING, lock=False)
         self.generation = ctx.Value('i', 0, lock=False)
+        # rank 0's first iteration (after its resume), for the others
+        self.start = ctx.Value('q', start_iter, lock=False)
         self.barrier = ctx.Barrier(world)
 
     def report(self, rank, iteration):
@@ -355,6 +375,7 @@ class Group:
             for me in self.ranks:
                 self.state.state[me.rank] = RUNNING
         self.control.install()
+        alone_since = None
         try:
             while True:
                 request = self.control.poll()
@@ -379,6 +400,16 @@ class Group:
                 if all(p.exitcode == 0 for p in self.procs):
                     self.close()
                     return STATES[codes[0]]     # rank 0's word
+                alone = [c for c, p in zip(codes, self.procs)
+                         if p.exitcode == 0 and c in ALONE]
+                if alone:
+                    # the others stop at the next step if they can; with
+                    # NCCL they wait for the one that left: terminated
+                    self.state.request(alone[0])
+                    alone_since = alone_since or time.time()
+                    if time.time() - alone_since > self.grace:
+                        self.close()
+                        return STATES[alone[0]]
                 time.sleep(poll)
         finally:
             self.control.uninstall()
@@ -388,11 +419,18 @@ class Group:
         return self.control.signal_received
 
     def close(self):
-        """Stop every rank still running (TERM, then KILL after the grace
-        period); remove the control files.  Safe to call twice."""
+        """Stop every rank still running (paused ranks quit cleanly; the
+        others TERM, then KILL after the grace period); remove the control
+        files.  Safe to call twice."""
         if self.closed:
             return
         self.closed = True
+        with self.state.lock:       # paused ranks: a quit, their clean end
+            self.state.reason.value = QUIT
+        deadline = time.time() + self.grace
+        for me, p in zip(self.ranks, self.procs):
+            if self.state.state[me.rank] == PAUSED:
+                p.join(max(0.0, deadline - time.time()))
         self.state.barrier.abort()
         for p in self.procs:
             if p.exitcode is None:

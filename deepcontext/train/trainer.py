@@ -5,10 +5,16 @@ state survives a pause in IPython: ``Trainer(cfg).run()`` trains until a
 pause file, a quit file, a signal, ``max_iter`` or a divergence check stops
 it; ``run()`` again continues where it stopped.  Where it differs from the
 original, and why: docs/fidelity.md.
+
+With ``gpus = [a, b, ...]`` in the config, :class:`GroupTrainer` is the
+launcher of one Trainer per GPU (a *rank*, deepcontext/train/multigpu.py):
+rank 0 writes out.log, the statistics and the snapshots; the others train
+silently on their own batches.
 """
 import errno
 import os
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -30,6 +36,7 @@ from deepcontext.model import nets, pycaffe  # noqa: E402
 from deepcontext.model import solver as dc_solver  # noqa: E402
 from deepcontext.train import control as dc_control  # noqa: E402
 from deepcontext.train import gpufeed, monitor, snapshots  # noqa: E402
+from deepcontext.train import multigpu  # noqa: E402
 
 # How a call of Trainer.run ended; the words are written to out.log.
 PAUSED = 'paused'        # pause file or max_steps: run() again continues
@@ -79,11 +86,13 @@ def output_dir(cfg, exp_name='train'):
                         (cfg.exp_name or exp_name) + '_out')
 
 
-def loader_seeds(cfg, outdir):
+def loader_seeds(cfg, outdir, rank=0):
+    """The loader workers' seeds; rank > 0: a multi-GPU rank's, which no
+    other rank shares (rank 0's are the one-device seeds)."""
     base = cfg.seed
     if base is None:
         base = zlib.crc32(os.path.abspath(outdir).encode()) % 1000000
-    return [base + i for i in range(cfg.loader_workers)]
+    return multigpu.rank_seeds(base, rank, cfg.loader_workers)
 
 
 def ask_resume(outdir, last):
@@ -103,10 +112,26 @@ class Trainer:
         the control files (<exp_name>_pause, <exp_name>_quit)
     workdir : folder watched for the control files
     quiet : the terminal leaves out Caffe's INFO lines; out.log keeps them
+    rank, group : one rank of a multi-GPU group (multigpu.Rank and
+        GroupState, from GroupTrainer): its launcher watches the control
+        files and signals; rank 0 alone writes into the output folder
+    uid : the group's NCCL id; None with a rank: the CPU stand-in
+        (multigpu.CPU_STAND_IN), ranks without gradient exchange
     """
 
-    def __init__(self, cfg, exp_name='train', workdir='.', quiet=False):
+    def __init__(self, cfg, exp_name='train', workdir='.', quiet=False,
+                 rank=None, group=None, uid=None):
         self.cfg = cfg
+        self.rank = rank
+        self.group = group
+        self.uid = uid
+        self.primary = rank is None or rank.rank == 0
+        self.watch = group is None      # control files and signals
+        if rank is not None:
+            self.device = None if uid is None else rank.gpu
+        else:
+            self.device = cfg.gpu if cfg.gpus is None else cfg.gpus[0]
+        self.nccl = None
         self.exp_name = cfg.exp_name or exp_name
         self.outdir = output_dir(cfg, exp_name)
         self.control = dc_control.Control(self.exp_name, workdir)
@@ -126,13 +151,22 @@ class Trainer:
         self.resumed = None     # the iteration restored, or None
         # Ctrl-C and SIGTERM during set-up: quit once it is done (run()
         # returns at once), with a line in out.log, not a silent death
-        self.control.install()
+        self._install()
         try:
             self._setup()
         except dc_config.ConfigError as e:
-            self._note_refusal(e)
+            if self.primary:
+                self._note_refusal(e)
             raise
         finally:
+            self._uninstall()
+
+    def _install(self):
+        if self.watch:
+            self.control.install()
+
+    def _uninstall(self):
+        if self.watch:
             self.control.uninstall()
 
     # ---- set-up ---------------------------------------------------------
@@ -168,27 +202,39 @@ class Trainer:
 
     def _setup(self):
         cfg = self.cfg
-        if cfg.gpu is not None and pycaffe.cpu_only():
+        if self.device is not None and pycaffe.cpu_only():
             raise dc_config.ConfigError(
                 'gpu=%d requested, but this pycaffe is a CPU-only build'
-                % cfg.gpu)
+                % self.device)
         image_set = self._open_images()
         self._check_tmp_dir()
-        resume_from = self._check_outdir()
-        os.makedirs(self.outdir, exist_ok=True)
-        self.control.clear()
+        resume_from = None
+        if self.primary:
+            resume_from = self._check_outdir()
+            os.makedirs(self.outdir, exist_ok=True)
+            if self.watch:
+                self.control.clear()
         # Loaders first: they fork before the tee and the solver exist, and
         # before our signal handlers (a child must not inherit them).
         self.loader = BatchLoader(
-            image_set, loader_seeds(cfg, self.outdir), cfg.batch_size,
+            image_set, loader_seeds(cfg, self.outdir,
+                                    self.rank.rank if self.rank else 0),
+            cfg.batch_size,
             cfg.queue_size, cfg.projection, cfg.tmp_dir, log=runlog.log,
             shard=cfg.loader_shard, max_restarts=cfg.loader_restarts,
             min_source_side=cfg.min_source_side)
-        self.control.uninstall()
+        self._uninstall()
         try:
             self.loader.start()
         finally:
-            self.control.install()
+            self._install()
+        if not self.primary:
+            try:
+                self._join_group()
+            except BaseException:
+                self.close()
+                raise
+            return
         self.tee = runlog.Tee(os.path.join(self.outdir, 'out.log'),
                               quiet=self.quiet).start()
         try:
@@ -196,8 +242,10 @@ class Trainer:
             self._make_solver(self._write_definitions(), resume_from)
             self.stats = monitor.ParamStats(
                 monitor.tracked_params(self.solver.net))
-            if cfg.gpu is not None:
+            if self.device is not None:
                 self._start_feed()
+            if self.group is not None:
+                self._join_group()
             self._check_log()
             if self.control.signal_received:
                 runlog.log('received %s during set-up: quitting' %
@@ -300,19 +348,27 @@ class Trainer:
                         engine=None if cfg.cudnn else 'CAFFE')
         self.solver_param = dc_solver.gen_solver(
             self.outdir, base_lr=cfg.base_lr, momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay, snapshot=cfg.snapshot_every,
-            gpu=cfg.gpu is not None, debug_info=cfg.debug_info)
+            weight_decay=cfg.weight_decay,
+            # a group snapshots after averaging BatchNorm statistics
+            snapshot=cfg.snapshot_every if self.group is None else 0,
+            gpu=self.device is not None, debug_info=cfg.debug_info)
         return dc_solver.write_solver(
             os.path.join(self.outdir, 'solver.prototxt'), self.solver_param)
 
-    def _make_solver(self, solver_path, resume_from):
+    def _set_device(self):
         cfg = self.cfg
-        if cfg.gpu is not None:
+        if self.device is not None:
             # read by our Caffe build when layers choose their kernels
             os.environ['CAFFE_TF32'] = '1' if cfg.tf32 else '0'
             os.environ['CAFFE_CUDNN_WORKSPACE_MB'] = str(
                 cfg.cudnn_workspace_mb)
-        pycaffe.set_mode(cfg.gpu)
+        if self.rank is None:
+            pycaffe.set_mode(self.device)
+        else:
+            multigpu.set_rank_device(self.rank._replace(gpu=self.device))
+
+    def _make_solver(self, solver_path, resume_from):
+        self._set_device()
         runlog.log('constructing solver')
         self.solver = caffe.get_solver(solver_path)
         if resume_from is not None:
@@ -383,6 +439,66 @@ class Trainer:
                    'model_iter_%d; trying it again' % it, level='W')
         return None
 
+    def _join_group(self):
+        """After rank 0's set-up (its resume included): the other ranks
+        build rank 0's solver (read from its folder) at rank 0's iteration;
+        with NCCL every rank then takes rank 0's weights and sums its
+        gradients with the group's in every step."""
+        if self.primary:
+            self.group.start.value = self.solver.iter
+        self.group.barrier.wait()
+        if not self.primary:
+            self._set_device()
+            self.solver = caffe.get_solver(
+                os.path.join(self.outdir, 'solver.prototxt'))
+            start = self.group.start.value
+            if start:       # rank 0 chose and checked this pair
+                model, state, _ = snapshots.paths(self.outdir, start)
+                self.solver.restore(state)
+                self.solver.net.copy_from(model)
+            if self.device is not None:
+                self._start_feed()
+        if self.uid is not None:
+            self.nccl = multigpu.join_nccl(self.solver, self.rank, self.uid)
+
+    def _group_snapshot(self):
+        """A group's snapshot: every rank's BatchNorm statistics replaced
+        by their average, then rank 0 writes the pair and its markers."""
+        it = self.solver.iter
+        multigpu.sync_bn(self.solver.net, self.group, self.rank, it)
+        if not self.primary:
+            return
+        snapshots.ensure_space(self.outdir, self.solver.net, it)
+        snapshots.begin(self.outdir, it)
+        self.solver.snapshot()
+        snapshots.mark_complete(self.outdir, it,
+                                snapshots.live_layers(self.solver.net),
+                                self.solver_param.type or 'SGD')
+        runlog.log('snapshot model_iter_%d complete (BatchNorm statistics '
+                   'averaged over %d ranks)' % (it, self.group.world))
+
+    def _group_poll(self, generation):
+        """A rank after its step: the group's word to stop, or None.  A
+        pause waits here, live, until the launcher resumes the group."""
+        reason = self.group.report(self.rank.rank, self.solver.iter)
+        if reason is None and self.cfg.max_iter is not None and \
+                self.solver.iter >= self.cfg.max_iter:
+            reason = multigpu.MAX_ITER
+        if reason == multigpu.PAUSED:
+            if self.primary:
+                runlog.log('paused at iteration %d: every rank waits (run '
+                           'train.py again in IPython to continue)'
+                           % self.solver.iter)
+                self.tee.stop()
+            reason = self.group.wait_resumed(self.rank.rank, generation)
+            if self.primary:
+                self.tee.start()
+            if reason == multigpu.RUNNING:
+                if self.primary:
+                    runlog.log('resumed at iteration %d' % self.solver.iter)
+                return None
+        return None if reason is None else multigpu.STATES[reason]
+
     def _start_feed(self):
         """GPU runs: batches go to the GPU while the previous step runs."""
         try:
@@ -405,7 +521,8 @@ class Trainer:
         snapshot_every; the free space is checked before that step and the
         pair is marked complete after it (snapshots.py).
         """
-        if (self.solver.iter + 1) % self.cfg.snapshot_every == 0:
+        if self.group is None and \
+                (self.solver.iter + 1) % self.cfg.snapshot_every == 0:
             snapshots.ensure_space(self.outdir, self.solver.net,
                                       self.solver.iter + 1)
             snapshots.begin(self.outdir, self.solver.iter + 1)
@@ -422,12 +539,17 @@ class Trainer:
         self.solver.step(1)
         npairs = len(batch.labels)
         norm_loss = pycaffe.loss(self.solver.net) / npairs
-        runlog.log('Iteration %d, norm_loss = %.6f, pairs = %d, patches = %d,'
-                   ' queue = %d, data_time = %.4f s, step_time = %.4f s'
-                   % (it, norm_loss, npairs, batch.data.shape[0],
-                      batch.queued, t_data, time.time() - t0))
+        if self.primary:
+            runlog.log('Iteration %d, norm_loss = %.6f, pairs = %d, patches '
+                       '= %d, queue = %d, data_time = %.4f s, step_time = '
+                       '%.4f s'
+                       % (it, norm_loss, npairs, batch.data.shape[0],
+                          batch.queued, t_data, time.time() - t0))
         self.steps += 1
-        if self.solver.iter % self.cfg.snapshot_every == 0:
+        if self.group is not None:
+            if self.solver.iter % self.cfg.snapshot_every == 0:
+                self._group_snapshot()
+        elif self.solver.iter % self.cfg.snapshot_every == 0:
             snapshots.mark_complete(self.outdir, self.solver.iter,
                                     snapshots.live_layers(self.solver.net),
                                     self.solver_param.type or 'SGD')
@@ -449,40 +571,52 @@ class Trainer:
     def run(self, max_steps=None):
         """Train until paused, quit, diverged, or max_iter; return the state.
 
-        ``max_steps`` bounds this call only (tests, benches).
+        ``max_steps`` bounds this call only (tests, benches).  A rank of a
+        group stops when its group does (and waits here while it pauses).
         """
         if self.closed:
             raise RuntimeError('this trainer has quit; start a new one')
-        self.tee.start()
-        self.control.install()
+        if self.tee is not None:
+            self.tee.start()
+        self._install()
         self.state = None
         why = ''
         try:
-            runlog.solving(pycaffe.read_netparam(self.solver_param.net).name,
-                           self.solver_param.lr_policy)
+            if self.primary:
+                runlog.solving(
+                    pycaffe.read_netparam(self.solver_param.net).name,
+                    self.solver_param.lr_policy)
             if self.control.signal_received:      # during set-up
                 self.state = QUIT
                 why = ': %s during set-up' % signal.Signals(
                     self.control.signal_received).name
-            else:
+            elif self.primary:
                 runlog.log('training from iteration %d (touch %s to pause, '
-                           '%s to quit)' % (self.solver.iter,
-                                            self.control.pause_file,
-                                            self.control.quit_file))
+                           '%s to quit)%s' % (
+                               self.solver.iter, self.control.pause_file,
+                               self.control.quit_file,
+                               '' if self.group is None else
+                               ': %d ranks' % self.group.world))
             taken = 0
             while self.state is None:
+                generation = (self.group.generation.value
+                              if self.group is not None else None)
                 try:
-                    if self.steps % self.cfg.stats_every == 0:
+                    if self.primary and \
+                            self.steps % self.cfg.stats_every == 0:
                         problems = self._statistics()
-                        if problems:
-                            for p in problems:
-                                runlog.log(p + '. Please examine the '
-                                           'situation and run the script '
-                                           'again to continue.', level='E')
+                        for p in problems:
+                            runlog.log(p + '. Please examine the situation '
+                                       'and run the script again to '
+                                       'continue.', level='E')
+                        if problems and self.group is None:
                             self.state = DIVERGED
                             break
+                        if problems:    # every rank stops after one step
+                            self.group.request(multigpu.DIVERGED)
                     self.step()
-                    self._check_log()
+                    if self.tee is not None:
+                        self._check_log()
                 except (snapshots.SnapshotError, LoaderError, LogError) as e:
                     # in out.log, not only on the terminal: why the run ended
                     self.state, why = STOPPED, ': %s' % e
@@ -493,6 +627,9 @@ class Trainer:
                     self.state, why = NO_SPACE, ': %s' % e
                     break
                 taken += 1
+                if self.group is not None:
+                    self.state = self._group_poll(generation)
+                    continue
                 request = self.control.poll()
                 if request == dc_control.QUIT:
                     self.state = QUIT
@@ -503,23 +640,30 @@ class Trainer:
                     self.state = MAX_ITER
                 elif max_steps is not None and taken >= max_steps:
                     self.state = PAUSED
+            if self.group is not None and why:   # the others stop too
+                self.group.request(multigpu.STATES.index(self.state))
             # how the run ended, with why: in out.log and on stderr
-            runlog.log('%s at iteration %d%s' % (self.state, self.solver.iter,
-                                                 why),
-                       level='I' if self.state in (PAUSED, QUIT, MAX_ITER)
-                       else 'E', stderr=True)
+            if self.primary or why:
+                runlog.log('%s%s at iteration %d%s' % (
+                    '' if self.primary else 'rank %d: ' % self.rank.rank,
+                    self.state, self.solver.iter, why),
+                    level='I' if self.state in (PAUSED, QUIT, MAX_ITER)
+                    else 'E', stderr=True)
         except BaseException as e:
             runlog.log('interrupted at iteration %d' % self.solver.iter
                        if isinstance(e, KeyboardInterrupt) else
                        'failed at iteration %d: %s: %s' % (
                            self.solver.iter, type(e).__name__, e), level='E')
-            self.control.uninstall()
-            self.tee.stop()
+            self._uninstall()
+            if self.tee is not None:
+                self.tee.stop()
             self.close()
             raise
-        self.control.uninstall()
-        self.tee.stop()
-        if self.state in (QUIT, MAX_ITER, STOPPED, NO_SPACE):
+        self._uninstall()
+        if self.tee is not None:
+            self.tee.stop()
+        if self.state in (QUIT, MAX_ITER, STOPPED, NO_SPACE) or \
+                self.group is not None:
             self.close()
         return self.state
 
@@ -534,8 +678,93 @@ class Trainer:
             self.loader.close()
         if self.tee is not None:
             self.tee.stop()
-        self.control.clear()
+        if self.watch:      # a group's control files are its launcher's
+            self.control.clear()
 
     @property
     def signal_received(self):
         return self.control.signal_received
+
+
+def check_group(cfg, exp_name='train', stand_in=False):
+    """The launcher's checks before it starts a group's ranks: the build,
+    out_dir, and the resume question (the ranks have no terminal)."""
+    if not stand_in:
+        if pycaffe.cpu_only():
+            raise dc_config.ConfigError(
+                'gpus=%r requested, but this pycaffe is a CPU-only build'
+                % (cfg.gpus,))
+        if not multigpu.has_nccl():
+            raise dc_config.ConfigError(
+                'gpus=%r requested, but this pycaffe was built without NCCL: '
+                'a build without NCCL cannot train on several GPUs '
+                '(docs/gpu.md)' % (cfg.gpus,))
+    parent = os.path.abspath(cfg.out_dir)
+    if not os.path.isdir(parent):
+        raise dc_config.ConfigError('out_dir %s does not exist' % parent)
+    outdir = output_dir(cfg, exp_name)
+    done = snapshots.complete(outdir)
+    if done and cfg.resume == 'ask' and sys.stdin and sys.stdin.isatty():
+        if not ask_resume(outdir, done[-1]):
+            raise SystemExit('User stopped execution')
+        cfg.resume = 'yes'      # rank 0 resumes without asking again
+
+
+def rank_target(cfg, exp_name='train', workdir='.', quiet=False, uid=None):
+    """The work of one rank (multigpu.Group's target): a Trainer that
+    runs until its group stops; returns the state's code."""
+    def target(me, group):
+        try:
+            trainer = Trainer(cfg, exp_name, workdir, quiet, rank=me,
+                              group=group, uid=uid)
+        except dc_config.ConfigError as e:
+            print('deepcontext: %s' % e, file=sys.stderr, flush=True)
+            os._exit(EXIT_CONFIG)
+        state = trainer.run()
+        trainer.close()
+        return multigpu.STATES.index(state)
+    return target
+
+
+class GroupTrainer:
+    """train.py's trainer for ``gpus = [a, b, ...]``: the launcher of one
+    Trainer per GPU (multigpu.Group), with the Trainer's run(), close()
+    and signal_received.  The solvers live in the ranks' processes
+    (``solver`` is None here).  With ``stand_in`` (train.py's
+    multigpu.CPU_STAND_IN, a test-only switch) the ranks train on the CPU
+    without NCCL: no gradient exchange, a stand-in for the tests."""
+
+    solver = None
+
+    def __init__(self, cfg, exp_name='train', workdir='.', quiet=False,
+                 stand_in=False):
+        exp_name = cfg.exp_name or exp_name
+        check_group(cfg, exp_name, stand_in)
+        uid = None if stand_in else caffe.NCCL.new_uid()
+        # the ranks' BatchNorm exchange folder
+        self.folder = tempfile.mkdtemp(prefix='deepcontext-group-',
+                                       dir=cfg.tmp_dir)
+        runlog.log('starting %d ranks on %s %s' % (
+            len(cfg.gpus), 'CPU stand-ins of GPUs' if stand_in else 'GPUs',
+            cfg.gpus))
+        self.group = multigpu.Group(
+            rank_target(cfg, exp_name, workdir, quiet, uid),
+            multigpu.plan_ranks(cfg.gpus), 0, self.folder, exp_name,
+            workdir).start()
+
+    def run(self):
+        """The group's state word once every rank paused or ended;
+        raises multigpu.GroupError when a rank died (the group stopped)."""
+        try:
+            return self.group.run()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        self.group.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    @property
+    def signal_received(self):
+        return self.group.signal_received
