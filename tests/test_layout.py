@@ -154,3 +154,17 @@ def test_the_rule_catches_an_upward_import(tmp_path):
     found = imports(str(bad), 'deepcontext.data.bad')
     assert any(room(name) == 'eval' for name, _, _ in found)
     assert 'eval' not in ALLOWED['data']
+
+
+def test_docs_layout_names_every_module_and_tool():
+    """docs/layout.md is the one list of modules: it must stay complete."""
+    text = open(os.path.join(ROOT, 'docs', 'layout.md')).read()
+    for module, path in modules().items():
+        name = os.path.basename(path)
+        if name == '__init__.py':
+            continue
+        assert '`%s`' % name in text, '%s is not in docs/layout.md' % path
+    for name in os.listdir(os.path.join(ROOT, 'tools')):
+        if name.endswith('.py'):
+            assert '`%s`' % name in text, \
+                'tools/%s is not in docs/layout.md' % name
