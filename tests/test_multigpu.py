@@ -350,13 +350,23 @@ def test_group_sigterm_quits_every_rank(tmp_path):
     assert processes_with(cfg) == []
 
 
+def children(pid, marker):
+    """Live processes mentioning marker whose parent is pid, oldest first."""
+    return sorted(c for c in processes_with(marker) if open(
+        '/proc/%d/stat' % c).read().split(') ')[1].split()[1] == str(pid))
+
+
 def kill_rank1(p):
-    # the launcher's children: its ranks, forked in order
-    ranks = sorted(pid for pid in processes_with(p.args[3]) if open(
-        '/proc/%d/stat' % pid).read().split(') ')[1].split()[1] ==
-        str(p.pid))
+    ranks = children(p.pid, p.args[3])     # the launcher's, forked in order
     assert len(ranks) == 2, ranks
     os.kill(ranks[1], signal.SIGKILL)
+
+
+def kill_rank1_loaders(p):
+    ranks = children(p.pid, p.args[3])
+    assert len(ranks) == 2, ranks
+    for pid in children(ranks[1], p.args[3]):
+        os.kill(pid, signal.SIGKILL)
 
 
 def test_group_a_dead_rank_stops_train_py(tmp_path):
@@ -366,4 +376,25 @@ def test_group_a_dead_rank_stops_train_py(tmp_path):
     assert re.search(r'rank 1 \(GPU 1\) ended with signal 9 at iteration '
                      r'\d+: stopped the group', err), err[-2000:]
     assert 'Traceback' not in err
+    assert processes_with(cfg) == []
+
+
+def test_group_dead_loaders_of_one_rank_stop_the_group(tmp_path):
+    cfg = group_config(tmp_path, snapshot_every=1000, loader_restarts=0)
+    code, err, log = run_and_interrupt(tmp_path, cfg, kill_rank1_loaders)
+    assert code == 1, err[-2000:]
+    assert 'rank 1: stopped at iteration' in err
+    assert re.search(r'stopped at iteration \d+', log)
+    assert 'Traceback' not in err
+    assert processes_with(cfg) == []
+
+
+def test_group_divergence_from_a_shell_exits_3(tmp_path):
+    cfg = group_config(tmp_path, base_lr=1000.0, snapshot_every=1000,
+                       max_iter=200, stats_every=5)
+    p = start_train(tmp_path, cfg)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 3, err[-2000:]
+    log = (tmp_path / 'out' / 'train_out' / 'out.log').read_text()
+    assert 'look broken' in log and 'diverged at iteration' in log
     assert processes_with(cfg) == []
