@@ -80,15 +80,35 @@ def run_train(tmp_path, cfg, *args, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def run_driver(tmp_path, source, cfg):
+def run_driver(tmp_path, source, cfg, timeout=600, **env):
     """Run the script ``source`` with the arguments TRAIN and cfg (a driver
     that execs train.py in one namespace, as IPython's %run -i does)."""
     driver = tmp_path / 'driver.py'
     driver.write_text(source)
     return subprocess.run([sys.executable, str(driver), TRAIN, cfg],
                           cwd=tmp_path, capture_output=True, text=True,
-                          timeout=600, env=dict(os.environ,
-                                                GLOG_minloglevel='1'))
+                          timeout=timeout,
+                          env=dict(os.environ, **dict(
+                              {'GLOG_minloglevel': '1'}, **env)))
+
+
+# The start of a driver: train.py exec'd in one namespace until a pause
+# file, written as soon as the trainer exists, makes it return.
+PAUSED_RUN = '''
+import os, sys, threading, time
+train, cfg = sys.argv[1], sys.argv[2]
+sys.argv = [train, '--config', cfg, '--max-iter', '1000']
+ns = {'__file__': train, '__name__': '__main__'}
+code = compile(open(train).read(), train, 'exec')
+
+def pause_when_running():
+    while 'trainer' not in ns:
+        time.sleep(0.05)
+    open('train_pause', 'w').close()
+
+threading.Thread(target=pause_when_running, daemon=True).start()
+exec(code, ns)                                   # %run -i train.py
+'''
 
 
 # ---- evaluation: a trained snapshot, held-out photos, the tools

@@ -21,7 +21,8 @@ import caffe
 from caffe import layers as L
 from caffe.proto import caffe_pb2
 
-from conftest import TRAIN, processes_with, write_config
+from conftest import (PAUSED_RUN, TRAIN, processes_with, run_driver,
+                      write_config)
 from deepcontext import config as dc_config
 from deepcontext.train import multigpu as mg
 from deepcontext.train import snapshots, trainer
@@ -278,20 +279,7 @@ def test_group_rank0_writes_the_outputs_and_resumes(tmp_path):
     assert processes_with(cfg) == []
 
 
-GROUP_PAUSE_DRIVER = '''
-import os, sys, threading, time
-train, cfg = sys.argv[1], sys.argv[2]
-sys.argv = [train, '--config', cfg, '--max-iter', '1000']
-ns = {'__file__': train, '__name__': '__main__'}
-code = compile(open(train).read(), train, 'exec')
-
-def pause_when_running():
-    while 'trainer' not in ns:
-        time.sleep(0.05)
-    open('train_pause', 'w').close()
-
-threading.Thread(target=pause_when_running, daemon=True).start()
-exec(code, ns)                                   # %run -i train.py
+GROUP_PAUSE_DRIVER = PAUSED_RUN + '''
 g = ns['trainer'].group
 it1 = list(g.state.done)
 print('PAUSED', it1, ns['solver'], all(p.is_alive() for p in g.procs),
@@ -307,11 +295,8 @@ print('NOT REACHED', flush=True)
 
 def test_group_pause_continue_quit_in_one_interpreter(tmp_path):
     cfg = group_config(tmp_path, snapshot_every=1000)
-    driver = tmp_path / 'driver.py'
-    driver.write_text(GROUP_PAUSE_DRIVER)
-    r = subprocess.run([sys.executable, str(driver), TRAIN, cfg],
-                       cwd=tmp_path, capture_output=True, text=True,
-                       timeout=300, env=dict(os.environ, **STAND_IN))
+    r = run_driver(tmp_path, GROUP_PAUSE_DRIVER, cfg, timeout=300,
+                   **STAND_IN)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     paused = re.search(r'PAUSED \[(\d+), (\d+)\] None True', r.stdout)
     assert paused and paused.group(1) == paused.group(2), r.stdout[-3000:]

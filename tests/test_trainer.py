@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
@@ -17,8 +16,8 @@ import pytest
 
 import caffe
 
-from conftest import (TRAIN, processes_with, run_driver, run_train,
-                      write_config)
+from conftest import (PAUSED_RUN, TRAIN, processes_with, run_driver,
+                      run_train, write_config)
 from deepcontext import config as dc_config
 from deepcontext.train import snapshots, trainer
 
@@ -81,32 +80,19 @@ def test_resume_refused_without_a_terminal(tmp_path):
     assert 'resume' in r.stderr
 
 
-PAUSE_DRIVER = textwrap.dedent('''
-    import os, sys, threading, time
-    train, cfg = sys.argv[1], sys.argv[2]
-    sys.argv = [train, '--config', cfg, '--max-iter', '1000']
-    ns = {'__file__': train, '__name__': '__main__'}
-    code = compile(open(train).read(), train, 'exec')
-
-    def pause_when_running():
-        while 'trainer' not in ns:
-            time.sleep(0.05)
-        open('train_pause', 'w').close()
-
-    threading.Thread(target=pause_when_running, daemon=True).start()
-    exec(code, ns)                                   # %run -i train.py
-    t1, it1 = ns['trainer'], ns['solver'].iter
-    pids = [p.pid for p in t1.loader.procs]
-    alive = all(p.is_alive() for p in t1.loader.procs)
-    print('PAUSED', it1, t1.state, alive, flush=True)
-    open('train_pause', 'w').close()
-    exec(code, ns)                                   # continue
-    print('CONTINUED', ns['solver'].iter, ns['trainer'] is t1,
-          [p.pid for p in ns['trainer'].loader.procs] == pids, flush=True)
-    open('train_quit', 'w').close()
-    exec(code, ns)                                   # quit: exits
-    print('NOT REACHED', flush=True)
-''')
+PAUSE_DRIVER = PAUSED_RUN + '''
+t1, it1 = ns['trainer'], ns['solver'].iter
+pids = [p.pid for p in t1.loader.procs]
+alive = all(p.is_alive() for p in t1.loader.procs)
+print('PAUSED', it1, t1.state, alive, flush=True)
+open('train_pause', 'w').close()
+exec(code, ns)                                   # continue
+print('CONTINUED', ns['solver'].iter, ns['trainer'] is t1,
+      [p.pid for p in ns['trainer'].loader.procs] == pids, flush=True)
+open('train_quit', 'w').close()
+exec(code, ns)                                   # quit: exits
+print('NOT REACHED', flush=True)
+'''
 
 
 def test_pause_continue_quit_in_one_interpreter(tmp_path):
