@@ -56,12 +56,12 @@ def test_param_stats_record_norms_against_numpy(tmp_path):
     stats.update(net, 0)
     net.params['fc6'][0].data[...] += 0.5
     stats.update(net, 100)
-    assert np.isclose(stats.nrm['fc6'][0], np.linalg.norm(w0))
-    assert np.isclose(stats.nrm['fc6'][1], np.linalg.norm(w0 + 0.5))
-    assert np.isclose(stats.intval['fc6'][0], 0.5 * math.sqrt(w0.size))
+    assert np.isclose(stats.param_norms['fc6'][0], np.linalg.norm(w0))
+    assert np.isclose(stats.param_norms['fc6'][1], np.linalg.norm(w0 + 0.5))
+    assert np.isclose(stats.update_norms['fc6'][0], 0.5 * math.sqrt(w0.size))
     stats.save(str(tmp_path))
     saved = json.loads((tmp_path / 'stats.json').read_text())
     assert saved['iter'] == [0, 100]
-    assert saved['intval']['fc6'] == stats.intval['fc6']
+    assert saved['intval']['fc6'] == stats.update_norms['fc6']
     old = np.load(str(tmp_path / 'nrm.npy'), allow_pickle=True).item()
-    assert old == stats.nrm
+    assert old == stats.param_norms

@@ -75,26 +75,27 @@ class ParamStats:
 
     def __init__(self, names):
         self.names = list(names)
-        self.nrm = {n: [] for n in self.names}
-        self.intval = {n: [] for n in self.names}
+        self.param_norms = {n: [] for n in self.names}     # 'nrm'
+        self.update_norms = {n: [] for n in self.names}    # 'intval'
         self.iters = []
         self._old = {}
 
     def update(self, net, iteration):
         for name in self.names:
             if name in self._old:
-                self.intval[name].append(
+                self.update_norms[name].append(
                     update_norm(net, name, self._old[name]))
             self._old[name] = weights(net, name).astype(np.float64)
-            self.nrm[name].append(param_norm(net, name))
+            self.param_norms[name].append(param_norm(net, name))
         self.iters.append(iteration)
 
     def save(self, outdir):
-        np.save(os.path.join(outdir, 'intval.npy'), self.intval,
+        np.save(os.path.join(outdir, 'intval.npy'), self.update_norms,
                 allow_pickle=True)
-        np.save(os.path.join(outdir, 'nrm.npy'), self.nrm, allow_pickle=True)
+        np.save(os.path.join(outdir, 'nrm.npy'), self.param_norms,
+                allow_pickle=True)
         tmp = os.path.join(outdir, 'stats.json.tmp')
         with open(tmp, 'w') as f:
-            json.dump({'iter': self.iters, 'nrm': self.nrm,
-                       'intval': self.intval}, f)
+            json.dump({'iter': self.iters, 'nrm': self.param_norms,
+                       'intval': self.update_norms}, f)
         os.replace(tmp, os.path.join(outdir, 'stats.json'))

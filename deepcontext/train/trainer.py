@@ -562,7 +562,7 @@ class Trainer:
         net = self.solver.net
         self.stats.update(net, self.solver.iter)
         self.stats.save(self.outdir)
-        problems = monitor.check_divergence(self.stats.intval, self.steps,
+        problems = monitor.check_divergence(self.stats.update_norms, self.steps,
                                             monitor.fc8_weight_sum(net),
                                             monitor.pool1_max_abs_diff(net))
         runlog.log('param statistics time: %.3f s' % (time.time() - t0))
