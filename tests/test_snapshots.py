@@ -129,7 +129,8 @@ def test_another_net_or_solver_is_refused_not_skipped(pair):
              for name, shapes in layers]
     with pytest.raises(snapshots.ForeignSnapshot, match='another net'):
         snapshots.verify(out, 2, other)
-    with pytest.raises(snapshots.ForeignSnapshot, match='made by a SGD solver, this run has Adam'):
+    with pytest.raises(snapshots.ForeignSnapshot,
+                       match='made by a SGD solver, this run has Adam'):
         snapshots.verify(out, 2, layers, solver_type='Adam')
     write_old_marker(out, 2)
     with pytest.raises(snapshots.ForeignSnapshot, match='another net'):
