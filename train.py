@@ -57,11 +57,12 @@ def _interactive():
 
 if 'trainer' not in globals():
     from deepcontext import config as dc_config
-    from deepcontext.train import multigpu
+    # the trainer first: it asks glog for the 2015 prefix before Caffe loads
     from deepcontext.train.trainer import (Trainer, GroupTrainer, PAUSED,
                                            DIVERGED, STOPPED, EXIT_CONFIG,
                                            EXIT_NO_SPACE, EXIT_STATUS,
                                            LogError, exit_status, no_space)
+    from deepcontext.train import multigpu
     _args = _parse_args()
     _over = {k: v for k, v in (('max_iter', _args.max_iter),
                                ('resume', _args.resume)) if v is not None}

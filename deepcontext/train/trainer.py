@@ -431,7 +431,7 @@ class Trainer:
         except OSError:
             tail = ''
         at = tail.rfind('restoring %s' % snapshots.paths(self.outdir, it)[1])
-        fatal = re.search(r'^F\d{4} [^]]*\] (.*)$', tail[at:], re.M) \
+        fatal = re.search(r'^F\d{4,8} [^]]*\] (.*)$', tail[at:], re.M) \
             if at >= 0 else None
         if fatal:
             return 'restoring it made Caffe abort: %s' % fatal.group(1)
