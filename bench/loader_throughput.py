@@ -28,7 +28,6 @@ import itertools
 import mmap
 import multiprocessing as mp
 import os
-import random
 import statistics
 import tempfile
 import time

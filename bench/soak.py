@@ -34,7 +34,6 @@ behind).
 """
 import argparse
 import collections
-import glob
 import os
 import random
 import re

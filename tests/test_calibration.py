@@ -22,7 +22,7 @@ def folded(bn_snapshot, tmp_path_factory):
     src = caffe.Net(bn_def, model, caffe.TEST)
     dst = caffe.Net(no_bn_def, caffe.TEST)
     debatchnorm.debatchnorm(src, pycaffe.read_netparam(bn_def), dst,
-                        log=lambda m: None)
+                            log=lambda m: None)
     out = str(tmp_path_factory.mktemp('folded') / 'folded.caffemodel')
     dst.save(out)
     return no_bn_def, out

@@ -35,8 +35,8 @@ def test_fold_equals_caffe_batchnorm_in_test_phase(tmp_path):
     net.blobs['data'].data[...] = x
     want = net.forward()['bn'].copy()
     w, b = debatchnorm.fold_batchnorm(net.params['conv'][0].data,
-                                  net.params['conv'][1].data, mean, var, s,
-                                  1e-3)
+                                      net.params['conv'][1].data, mean, var, s,
+                                      1e-3)
     net.params['conv'][0].data[...] = w
     net.params['conv'][1].data[...] = b
     got = net.forward(end='conv')['conv']
@@ -45,7 +45,7 @@ def test_fold_equals_caffe_batchnorm_in_test_phase(tmp_path):
 
 def test_zero_scale_factor_is_caffes_zero_statistics():
     w, b = debatchnorm.fold_batchnorm(np.ones((2, 3)), np.ones(2), [5, 5],
-                                  [5, 5], 0, 0.25)
+                                      [5, 5], 0, 0.25)
     np.testing.assert_allclose(w, 2 * np.ones((2, 3)))
     np.testing.assert_allclose(b, [2, 2])
 
@@ -71,10 +71,10 @@ def test_tool_folds_and_verifies_on_real_patches(bn_snapshot, tmp_path):
                           dst.params['conv1'][0].data)
     st = src.params['bn4']
     w, b = debatchnorm.fold_batchnorm(src.params['conv4'][0].data,
-                                  src.params['conv4'][1].data, st[0].data,
-                                  st[1].data, st[2].data[0],
-                                  debatchnorm.bn_eps(pycaffe.read_netparam(bn_def))[
-                                      'bn4'])
+                                      src.params['conv4'][1].data, st[0].data,
+                                      st[1].data, st[2].data[0],
+                                      debatchnorm.bn_eps(pycaffe.read_netparam(bn_def))[
+        'bn4'])
     assert np.array_equal(dst.params['conv4'][0].data, w)
     assert np.array_equal(dst.params['conv4'][1].data, b)
 
@@ -97,11 +97,11 @@ def test_check_catches_a_wrong_fold(bn_snapshot):
     src = caffe.Net(bn_def, model, caffe.TEST)
     dst = caffe.Net(no_bn_def, caffe.TEST)
     debatchnorm.debatchnorm(src, pycaffe.read_netparam(bn_def), dst,
-                        log=lambda m: None)
+                            log=lambda m: None)
     dst.params['conv4'][0].data[...] *= 1.01
     data = batches.real_patches(photos.test_photos(), 8)
     diffs = debatchnorm.compare_activations(src, dst, ['conv3', 'conv4'], data,
-                                        end='relu6')
+                                            end='relu6')
     assert diffs['conv3'][1] < 1e-4 < diffs['conv4'][1]
 
 

@@ -209,11 +209,11 @@ def test_gpu_pass_matches_cpu(tmp_path, patches):
         path, patches, pairs, labels)
     for k in data_c:
         assert rel(data_g[k], data_c[k]) < 1e-4, (k, rel(data_g[k],
-                                                          data_c[k]))
+                                                         data_c[k]))
     assert rel(grad_g['fc9'], grad_c['fc9']) < 1e-4
     for k in grad_c:
         if k.startswith('bn'):        # statistics, not learned
             continue
         assert np.abs(grad_c[k]).max() > 0, k
         assert rel(grad_g[k], grad_c[k]) < 2e-2, (k, rel(grad_g[k],
-                                                          grad_c[k]))
+                                                         grad_c[k]))

@@ -53,7 +53,7 @@ def imports(path, module):
             base = node.module or ''
             if node.level:
                 parts = package.split('.')[:len(package.split('.'))
-                                            - node.level + 1]
+                                           - node.level + 1]
                 base = '.'.join(parts + ([base] if base else []))
             names = [base + '.' + a.name for a in node.names] + [base]
         else:

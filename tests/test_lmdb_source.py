@@ -291,7 +291,7 @@ def test_pack_skips_unreadable_files(photos, tmp_path):
         assert 'b.jpg' in log.getvalue() and 'c.png' in log.getvalue()
         # The skipped images' indices stay unused: key = source index.
         assert [k for k, _ in read_records(db)] == [b'00000000_a.png',
-                                                     b'00000003_d.jpg']
+                                                    b'00000003_d.jpg']
 
 
 def test_pack_max_side_and_map_growth(photos, tmp_path, monkeypatch):

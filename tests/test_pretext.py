@@ -26,7 +26,7 @@ def test_pretext_loss_agrees_with_caffe(trained):
 def test_pretext_accuracy_in_range(trained):
     net, _ = trained
     r = pretext.pretext_accuracy(net, held_out(2), batch_size=64,
-                                    grids_per_image=1, report=lambda s: None)
+                                 grids_per_image=1, report=lambda s: None)
     assert 0 <= r['accuracy'] <= 1 and r['chance'] == 0.125
     assert 0.125 <= r['majority_baseline'] < 0.25
     assert r['pairs'] == np.sum(r['confusion']) > 0

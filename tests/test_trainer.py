@@ -21,6 +21,7 @@ from conftest import (PAUSED_RUN, TRAIN, processes_with, run_driver,
 from deepcontext import config as dc_config
 from deepcontext.train import snapshots, trainer
 
+
 def norm_losses(outdir):
     with open(os.path.join(outdir, 'out.log')) as f:
         return [(int(m.group(1)), float(m.group(2))) for m in re.finditer(

@@ -39,11 +39,11 @@ def main():
     image_set = toolcheck.image_files(args.images)
     paths = image_set.paths[:args.max_images]
     print('evaluating on %d images from %s' % (len(paths),
-                                                image_set.describe()))
+                                               image_set.describe()))
     results = []
     for tag, net, bn_mode in toolargs.iter_nets(args):
         r = pretext.pretext_accuracy(net, paths, args.seed,
-                                        args.batch_size, args.grids)
+                                     args.batch_size, args.grids)
         r.update(net=tag, weights=args.weights if tag == 'trained' else None,
                  bn_mode=bn_mode)
         print('%s: pretext accuracy %.4f (chance %.4f, majority label '

@@ -42,17 +42,17 @@ def main():
     paths, labels, names = labelled.elpv(args.task)
     if args.per_class:
         keep = labelled.stratified_subset(labels, args.per_class,
-                                               args.seed)
+                                          args.seed)
         paths, labels = [paths[i] for i in keep], labels[keep]
     train, test = labelled.fixed_split(labels, args.test_fraction,
-                                            args.seed)
+                                       args.seed)
     print('elpv %s (%s): %d images, %d train / %d test'
           % (args.task, ' / '.join(names), len(paths), len(train), len(test)))
     results = {}
     for tag, net, bn_mode in toolargs.iter_nets(args):
         r = probe.probe_images(net, paths, labels, train, test,
-                                    args.layer, args.side, args.grid,
-                                    args.seed)
+                               args.layer, args.side, args.grid,
+                               args.seed)
         r['bn_mode'] = bn_mode
         results[tag] = r
         print('%s: test accuracy %.4f, balanced %.4f (majority baseline '

@@ -65,7 +65,7 @@ def main():
     chance = transfer_sets.random_map(s['test_labels'])
     for layer in args.layers:
         print('mAP (%%) of %s; random scores about %.1f' % (layer,
-                                                          100 * chance))
+                                                            100 * chance))
         for line in lowshot.table({t: r[layer] for t, r in results.items()},
                                   args.ks):
             print(line)

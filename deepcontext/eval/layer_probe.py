@@ -20,7 +20,6 @@ Differences from the papers' probes, all for a CPU toolkit:
 * Inputs are the toolkit's grey, RMS-normalised images
   (``features.prep_eval``), resized to ``side`` x ``side``, no crops.
 """
-import os
 import tempfile
 import time
 

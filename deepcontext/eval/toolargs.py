@@ -92,7 +92,6 @@ def eta_progress(label, report=print, every_s=20.0):
     return progress
 
 
-
 def save_figure(fig, out, name, log=print):
     """Write a matplotlib Figure as ``out/name`` (a PNG); return the path."""
     os.makedirs(out, exist_ok=True)

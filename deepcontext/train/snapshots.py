@@ -226,7 +226,7 @@ def reject(outdir, iteration):
             target, n = os.path.join(dest, os.path.basename(path)), 1
             while os.path.exists(target):
                 target = os.path.join(dest, '%s.%d' % (os.path.basename(path),
-                                                      n))
+                                                       n))
                 n += 1
             os.replace(path, target)
     return dest
@@ -329,7 +329,7 @@ def _load_check(model_path, state_path, iteration, layers):
                 message.ParseFromString(f.read())
             except DecodeError as e:
                 return ('%s does not parse (%s)' % (os.path.basename(path),
-                                                   e), None)
+                                                    e), None)
     found = _file_layers(model)
     if layers is not None and found != [(n, [tuple(s) for s in shapes])
                                         for n, shapes in layers]:

@@ -503,7 +503,7 @@ class Trainer:
         """GPU runs: batches go to the GPU while the previous step runs."""
         try:
             self.feed = gpufeed.GpuFeed(self.solver.net, self.loader,
-                                           self.cfg.batch_size)
+                                        self.cfg.batch_size)
         except gpufeed.CudaError as e:
             runlog.log('inputs go through host memory (no GPU feed: %s)' % e,
                        level='W')
@@ -524,7 +524,7 @@ class Trainer:
         if self.group is None and \
                 (self.solver.iter + 1) % self.cfg.snapshot_every == 0:
             snapshots.ensure_space(self.outdir, self.solver.net,
-                                      self.solver.iter + 1)
+                                   self.solver.iter + 1)
             snapshots.begin(self.outdir, self.solver.iter + 1)
         t0 = time.time()
         if self.feed is not None:
@@ -532,7 +532,7 @@ class Trainer:
         else:
             batch = self.loader.get()
             pycaffe.set_inputs(self.solver.net, batch.data, batch.pairs,
-                             batch.labels)
+                               batch.labels)
             self.loader.release(batch)
         t_data = time.time() - t0
         it = self.solver.iter

@@ -316,7 +316,7 @@ def export(definition, weights, outdir, images, records=None,
     data = calibration_batches(paths, calib_batches, rng, records, scale,
                                max_size, rois_per_image)
     for name, out_std in FRESH:
-        std = calibration.init_layer(net, name, data[0], 'gaussian', rng)
+        calibration.init_layer(net, name, data[0], 'gaussian', rng)
         for blob in net.params[name]:
             blob.data[...] *= np.float32(out_std)
         log('%-9s initialised on real RoIs to output std %g' % (name, out_std))
