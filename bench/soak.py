@@ -45,6 +45,7 @@ import tempfile
 import time
 
 from deepcontext.data import photos
+from deepcontext.data.loader import child_pids
 from deepcontext.train import snapshots
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,23 +78,11 @@ def run_processes(marker):
     return pids
 
 
-def children(pid):
-    found = []
-    for entry in os.listdir('/proc'):
-        try:
-            with open('/proc/%s/stat' % entry) as f:
-                if int(f.read().rsplit(')', 1)[1].split()[1]) == pid:
-                    found.append(int(entry))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
-
-
 def loader_workers(trainer, marker):
     """The workers: children of the loaders' nursery (the trainer's child
     with the same command line), not the nursery itself."""
-    return [w for n in children(trainer) if n in run_processes(marker)
-            for w in children(n)]
+    return [w for n in child_pids(trainer) if n in run_processes(marker)
+            for w in child_pids(n)]
 
 
 def read(path):

@@ -14,7 +14,7 @@ from PIL import Image
 
 from caffe.proto import caffe_pb2
 from deepcontext.data import photos, sources
-from deepcontext.data.loader import BatchLoader
+from deepcontext.data.loader import BatchLoader, child_pids
 from deepcontext.model import nets
 from deepcontext.train import snapshots
 from conftest import TRAIN, processes_with, run_train, write_config
@@ -407,18 +407,6 @@ def test_no_usable_image_is_one_line(tmp_path):
                      r'image in folder %s: 3 images' % folder, r.stderr)
 
 
-def children(pid):
-    found = []
-    for entry in os.listdir('/proc'):
-        try:
-            with open('/proc/%s/stat' % entry) as f:
-                if int(f.read().rsplit(')', 1)[1].split()[1]) == pid:
-                    found.append(int(entry))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
-
-
 def test_dead_worker_is_restarted_at_the_next_step(tmp_path):
     """Its queue still holds batches (queue_size 3): the restart does not
     wait for them to be used up."""
@@ -428,8 +416,8 @@ def test_dead_worker_is_restarted_at_the_next_step(tmp_path):
     killed = []
 
     def kill_a_worker():
-        nursery = [c for c in children(p.pid) if c in processes_with(cfg)]
-        worker = children(nursery[0])[0]
+        nursery = [c for c in child_pids(p.pid) if c in processes_with(cfg)]
+        worker = child_pids(nursery[0])[0]
         killed.append(len(re.findall('norm_loss', log.read_text())))
         os.kill(worker, signal.SIGKILL)
         assert wait_for(lambda: 'died with exit code' in log.read_text(),

@@ -24,6 +24,7 @@ from caffe.proto import caffe_pb2
 from conftest import (PAUSED_RUN, TRAIN, processes_with, run_driver,
                       write_config)
 from deepcontext import config as dc_config
+from deepcontext.data.loader import child_pids
 from deepcontext.train import multigpu as mg
 from deepcontext.train import snapshots, trainer
 
@@ -337,8 +338,7 @@ def test_group_sigterm_quits_every_rank(tmp_path):
 
 def children(pid, marker):
     """Live processes mentioning marker whose parent is pid, oldest first."""
-    return sorted(c for c in processes_with(marker) if open(
-        '/proc/%d/stat' % c).read().split(') ')[1].split()[1] == str(pid))
+    return [c for c in child_pids(pid) if c in processes_with(marker)]
 
 
 def kill_rank1(p):

@@ -232,11 +232,8 @@ class _Worker:
     def is_alive(self):
         if self.exitcode is not None:
             return False
-        try:
-            with open('/proc/%d/stat' % self.pid) as f:
-                return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
-        except OSError:
-            return False
+        fields = proc_stat(self.pid)
+        return fields is not None and fields[0] != 'Z'
 
     def _signal(self, signum):
         if self.exitcode is None:
@@ -550,10 +547,31 @@ def remove_stale_buffers(tmp_dir):
     return said
 
 
+def proc_stat(pid):
+    """Fields of /proc/PID/stat after the command name (state first), or
+    None if the process is gone (Linux)."""
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def child_pids(pid):
+    """PIDs of the processes (zombies too) whose parent is ``pid``,
+    ascending."""
+    found = []
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            fields = proc_stat(int(entry))
+            if fields is not None and fields[1] == str(pid):
+                found.append(int(entry))
+    return sorted(found)
+
+
 def _cpu_seconds(pid):
     """User + system CPU seconds of a process so far (Linux /proc)."""
-    with open('/proc/%d/stat' % pid) as f:
-        fields = f.read().rsplit(')', 1)[1].split()
+    fields = proc_stat(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 
 
