@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_tool
-from deepcontext.data import labelled, labelled_folder
+from deepcontext.data import debian_photos, labelled, labelled_folder
 from deepcontext.eval import features, layer_probe
 from labelled_fixtures import elpv_folder
 
@@ -107,6 +107,21 @@ def test_probe_layers_tool(bn_snapshot, tmp_path):
     # conv5 at side 96 is a 6x6 map: grid 6 -> 9216 dimensions.
     assert res['results']['random']['relu5']['dim'] == 9216
     assert 'ETA' in log and 'conv5' in log
+
+
+def test_probe_layers_on_gcompris_categories(bn_snapshot, tmp_path):
+    # Five classes of real photos, read out of GCompris's Qt resources.
+    out = tmp_path / 'out'
+    run_tool('probe_layers.py', '--weights', bn_snapshot[2], '--random',
+             '--images', debian_photos.gcompris_categories(),
+             '--per-class', '8', '--side', '96',
+             '--layers', 'relu1', 'relu5', '--out', out)
+    res = json.loads((out / 'probe_layers.json').read_text())
+    for tag in ('trained', 'random'):
+        for layer in ('relu1', 'relu5'):
+            r = res['results'][tag][layer]
+            assert r['train'] + r['test'] == 40 and r['test'] >= 15
+            assert 0 <= r['accuracy'] <= 1
 
 
 @pytest.mark.parametrize('args, message', [

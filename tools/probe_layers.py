@@ -27,7 +27,7 @@ def parse_args():
                    '(same classes); default: split --images')
     p.add_argument('--test-fraction', type=float, default=0.5)
     p.add_argument('--per-class', type=int, default=None,
-                   help='use at most N training images per class')
+                   help='use at most N images per class (before the split)')
     p.add_argument('--layers', nargs='+', default=list(layer_probe.LAYERS))
     p.add_argument('--side', type=int, default=224,
                    help='images are resized to side x side')
