@@ -1,7 +1,9 @@
 """Does a run learn something that transfers to photos it never saw?
 
 Trains ``--iters`` iterations with train.py on the training side of the
-embedded photos (``photos.train_photos``), snapshotting every ``--every``,
+embedded photos (``photos.train_photos``), snapshotting every ``--every``
+(a stop by the original's divergence check ends training early and is
+reported),
 then measures every snapshot (and the random initialisation, iteration 0)
 on the held-out photos (``photos.held_out_photos``):
 
@@ -16,7 +18,7 @@ into ``--out``.  A short CPU run: ``--iters 200 --every 50`` (see
 docs/evaluation.md for the measured curve and its duration).
 
     .venv/bin/python bench/learning.py --out /tmp/learning [--iters 200]
-        [--every 50] [--batch-size 64] [--base-lr 1e-3 --momentum 0.9]
+        [--every 50] [--batch-size 64] [--base-lr 1e-4 --momentum 0.9]
         [--gpu 0]
 """
 import argparse
@@ -45,9 +47,11 @@ def parse_args():
     p.add_argument('--iters', type=int, default=200)
     p.add_argument('--every', type=int, default=50)
     p.add_argument('--batch-size', type=int, default=64)
-    p.add_argument('--base-lr', type=float, default=1e-3,
-                   help='(the original: 1e-5, which moves nothing in a '
-                        'few hundred steps)')
+    p.add_argument('--base-lr', type=float, default=1e-4,
+                   help='(the original: 1e-5 without momentum on batches '
+                        'of ~2,000 pairs, which moves nothing in a few '
+                        'hundred CPU steps; 1e-3 with momentum trips the '
+                        "original's divergence check within 300 steps)")
     p.add_argument('--momentum', type=float, default=0.9)
     p.add_argument('--gpu', type=int, default=None)
     p.add_argument('--workers', type=int, default=2)
@@ -75,10 +79,27 @@ def train(args):
                         '--resume', 'yes'],
                        env=dict(os.environ, GLOG_minloglevel='1'),
                        cwd=args.out, stdout=subprocess.DEVNULL)
-    if r.returncode != 0:
+    outdir = os.path.join(args.out, 'train_out')
+    stopped = None
+    if r.returncode == 3:
+        # The original's divergence check stopped the run: measure the
+        # snapshots it left, and say so.
+        stopped = last_log_line(outdir, 'diverged at iteration')
+        print('training stopped by the divergence check: %s' % stopped)
+    elif r.returncode != 0:
         sys.exit('training failed (exit %d); see %s'
                  % (r.returncode, args.out))
-    return os.path.join(args.out, 'train_out'), time.time() - t0
+    return outdir, time.time() - t0, stopped
+
+
+def last_log_line(outdir, text):
+    """The message of out.log's last line containing ``text``."""
+    found = None
+    with open(os.path.join(outdir, 'out.log')) as f:
+        for line in f:
+            if text in line:
+                found = line.split('] ', 1)[-1].strip()
+    return found
 
 
 def same_photo_precision(net, patches, owner):
@@ -122,7 +143,7 @@ def figure(rows, chance_retrieval):
 
 def main():
     args = parse_args()
-    outdir, seconds = train(args)
+    outdir, seconds, stopped = train(args)
     pycaffe.set_mode(args.gpu)
     held = photos.held_out_photos()
     patches, owner, _ = neighbours.sample_patches(held, PER_IMAGE, seed=0,
@@ -143,7 +164,7 @@ def main():
               flush=True)
     with open(os.path.join(args.out, 'learning.json'), 'w') as f:
         json.dump(dict(vars(args), train_seconds=seconds,
-                       held_out_photos=len(held),
+                       held_out_photos=len(held), stopped=stopped,
                        retrieval_chance=chance, rows=rows), f, indent=1)
     plots.save(figure(rows, chance), os.path.join(args.out, 'learning.png'))
     print('wrote %s/learning.json and learning.png' % args.out)
