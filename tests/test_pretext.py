@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from conftest import held_out, run_tool
-from deepcontext.data import batches
+from deepcontext.data import batches, photos
 from deepcontext.eval import features, pretext
 
 
@@ -45,3 +45,11 @@ def test_eval_pretext_tool(bn_snapshot, tmp_path):
     res = json.loads((tmp_path / 'pretext.json').read_text())['results']
     assert [r['net'] for r in res] == ['trained', 'random']
     assert all(0 <= r['accuracy'] <= 1 for r in res)
+
+
+def test_eval_pretext_defaults_to_the_held_out_photos(bn_snapshot, tmp_path):
+    out = run_tool('eval_pretext.py', '--weights', bn_snapshot[2],
+                   '--max-images', '2', '--grids', '1', '--out', tmp_path)
+    assert 'on 2 images from the embedded held-out photos' in out
+    used = json.loads((tmp_path / 'pretext.json').read_text())['images']
+    assert used == photos.held_out_photos()[:2]

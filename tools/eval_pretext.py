@@ -1,19 +1,21 @@
 """Relative-position (pretext) accuracy of a snapshot on held-out images.
 
     python tools/eval_pretext.py --weights model_iter_N.caffemodel \
-        --images HELD_OUT [--random] [--max-images 200] [--out DIR]
+        [--images HELD_OUT] [--random] [--max-images 200] [--out DIR]
 
 Patches are sampled and preprocessed exactly as in training (fixed seeds)
 from images the run never saw, and classified in TEST phase.  Chance is
 12.5%, but always answering the most frequent label (left or right) scores
 about 15%, printed as the majority baseline; the paper reports about 40%
 on ImageNet val.  --images takes what the config's ``images`` takes:
-folders, list files, image files.
+folders, list files, image files; without it, the embedded held-out photos
+(``photos.held_out_photos()``, which no demo or bench run trains on).
 """
 import argparse
 import os
 
 os.environ.setdefault('GLOG_minloglevel', '2')  # before caffe loads glog
+from deepcontext.data import photos  # noqa: E402
 from deepcontext.data.sampling import CHANCE_LOSS  # noqa: E402
 from deepcontext.eval import pretext, toolargs, toolcheck  # noqa: E402
 
@@ -21,8 +23,9 @@ from deepcontext.eval import pretext, toolargs, toolcheck  # noqa: E402
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     toolargs.add_net_arguments(p)
-    p.add_argument('--images', nargs='+', required=True,
-                   help='held-out images (folders, lists or files)')
+    p.add_argument('--images', nargs='+', default=None,
+                   help='held-out images (folders, lists or files); '
+                        'default: the embedded held-out photos')
     p.add_argument('--max-images', type=int, default=None,
                    help='use the first N images only')
     p.add_argument('--grids', type=int, default=4,
@@ -36,10 +39,13 @@ def parse_args():
 def main():
     args = parse_args()
     toolcheck.net_files(args)
-    image_set = toolcheck.image_files(args.images)
-    paths = image_set.paths[:args.max_images]
-    print('evaluating on %d images from %s' % (len(paths),
-                                               image_set.describe()))
+    if args.images:
+        image_set = toolcheck.image_files(args.images)
+        paths, where = image_set.paths, image_set.describe()
+    else:
+        paths, where = photos.held_out_photos(), 'the embedded held-out photos'
+    paths = paths[:args.max_images]
+    print('evaluating on %d images from %s' % (len(paths), where))
     results = []
     for tag, net, bn_mode in toolargs.iter_nets(args):
         r = pretext.pretext_accuracy(net, paths, args.seed,
