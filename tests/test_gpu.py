@@ -7,6 +7,8 @@ DEEPCONTEXT_TEST_IMAGES where those packages are not installed.
 """
 import glob
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ from caffe import layers as L  # noqa: E402
 
 from deepcontext.data import batches  # noqa: E402
 from deepcontext.model import nets, pycaffe  # noqa: E402
-from deepcontext.train import gpufeed  # noqa: E402
+from deepcontext.train import gpufeed, multigpu  # noqa: E402
 from deepcontext.model.pycaffe import cpu_only as caffe_cpu_only  # noqa: E402
 
 
@@ -217,3 +219,73 @@ def test_gpu_pass_matches_cpu(tmp_path, patches):
         assert np.abs(grad_c[k]).max() > 0, k
         assert rel(grad_g[k], grad_c[k]) < 2e-2, (k, rel(grad_g[k],
                                                          grad_c[k]))
+
+
+_TRAIN_20 = r'''
+import os, sys
+import numpy as np
+import caffe
+from deepcontext.data import batches
+from deepcontext.model import nets, pycaffe, solver
+from deepcontext.train import multigpu
+out, mode, init = sys.argv[1], sys.argv[2], sys.argv[3]
+photo_list = sys.argv[4:]
+os.environ['CAFFE_TF32'] = '0'
+data = batches.real_patches(photo_list, 64, seed=3)
+rs = np.random.RandomState(0)
+pairs = np.stack([np.arange(63), np.arange(1, 64)], 1)
+labels = [rs.randint(0, 8, 63) for _ in range(20)]
+nets.write_nets(out, batch_size=64, debug_info=False)
+path = solver.write_solver(os.path.join(out, 'solver.prototxt'),
+                           solver.gen_solver(out, base_lr=1e-4, momentum=0.9,
+                                             gpu=True))
+if mode == 'nccl':
+    me = multigpu.plan_ranks([0])[0]
+    multigpu.set_rank_device(me)
+else:
+    pycaffe.set_mode(0)
+s = caffe.get_solver(path)
+if os.path.exists(init):
+    saved = np.load(init)
+    for name, blobs in s.net.params.items():
+        for i, b in enumerate(blobs):
+            b.data[...] = saved['%s/%d' % (name, i)]
+else:
+    np.savez(init, **{'%s/%d' % (n, i): b.data for n, bl in
+                      s.net.params.items() for i, b in enumerate(bl)})
+if mode == 'nccl':
+    multigpu.join_nccl(s, me, caffe.NCCL.new_uid())
+for step in range(20):
+    pycaffe.set_inputs(s.net, data, pairs, labels[step])
+    s.step(1)
+np.savez(os.path.join(out, 'after.npz'),
+         **{'%s/%d' % (n, i): b.data for n, bl in s.net.params.items()
+            for i, b in enumerate(bl)})
+'''
+
+
+@pytest.mark.skipif(not multigpu.has_nccl(),
+                    reason='pycaffe built without NCCL')
+def test_one_nccl_rank_trains_as_the_plain_gpu_solver(tmp_path):
+    """Issue 15: the NCCL path with one rank (set_rank_device, bcast, the
+    gradient callback) gives the weights of the plain GPU solver after 20
+    SGD steps.  cuDNN's backward algorithms may add in any order, so two
+    plain runs differ slightly too; the NCCL run may differ from the plain
+    one by no more than ten times that (or 1e-6 relative)."""
+    init = str(tmp_path / 'init.npz')
+    after = {}
+    for run, mode in (('plain', 'plain'), ('plain2', 'plain'),
+                      ('nccl', 'nccl')):
+        folder = tmp_path / run
+        folder.mkdir()
+        subprocess.run([sys.executable, '-c', _TRAIN_20, str(folder), mode,
+                        init] + photos(), check=True, timeout=600)
+        after[run] = np.load(str(folder / 'after.npz'))
+    names = sorted(after['plain'].files)
+    moved = rel(after['plain']['conv1/0'], np.load(init)['conv1/0'])
+    assert moved > 1e-4, 'the 20 steps did not move the weights'
+    noise = max(rel(after['plain2'][k], after['plain'][k]) for k in names)
+    diff = max(rel(after['nccl'][k], after['plain'][k]) for k in names)
+    print('20 steps: weights moved %.3g; plain vs plain %.3g; nccl vs plain '
+          '%.3g (max relative, over blobs)' % (moved, noise, diff))
+    assert diff <= max(10 * noise, 1e-6), (diff, noise)
