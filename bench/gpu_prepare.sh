@@ -3,7 +3,8 @@
 # machine that has no internet and no compilers:
 #   dist/deepcontext-gpu.tar.xz   the GPU bundle (make gpu-bundle)
 #   gpudata/test.testbin          Caffe's C++ tests of the CUDA build, stripped
-#   gpudata/photos/               the embedded demo photos, at most 500 px a side
+#   gpudata/photos/{train,held}/  the embedded demo photos, at most 500 px a side,
+#                                 on the sides of photos.py's fixed split
 #   gpudata/whl/                  pytest wheels for the bundle's Python 3.11
 #   shared_bench/                 a copy of ../shared/bench (the PyTorch reference)
 # gpudata/ and shared_bench/ are build outputs: keep them out of git
@@ -24,13 +25,17 @@ $PY - <<'EOF'
 import os
 from PIL import Image
 from deepcontext.data import photos
+held = set(photos.held_out_photos())
 for i, path in enumerate(photos.demo_photos()):
-    out = 'gpudata/photos/%03d.jpg' % i
+    side = 'held' if path in held else 'train'
+    os.makedirs('gpudata/photos/' + side, exist_ok=True)
+    out = 'gpudata/photos/%s/%03d.jpg' % (side, i)
     if not os.path.exists(out):
         im = Image.open(path).convert('RGB')
         im.thumbnail((500, 500), Image.BILINEAR)
         im.save(out, quality=92)
-print('gpudata/photos: %d photos' % len(os.listdir('gpudata/photos')))
+print('gpudata/photos: %d train, %d held out'
+      % tuple(len(os.listdir('gpudata/photos/' + s)) for s in ('train', 'held')))
 EOF
 $PY -m pip download -q --no-deps --only-binary=:all: -d gpudata/whl \
     pytest==8.2.2 'pluggy>=1.5,<2' iniconfig packaging

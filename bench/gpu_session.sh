@@ -65,6 +65,12 @@ for step in "$@"; do
     loader) cpy bench/loader_throughput.py --images gpudata/photos --workers 15 --batches 60 ;;
     e2e) cpy bench/gpu_train.py --images gpudata/photos --iters ${ITERS:-600} ;;
     e2etf32) cpy bench/gpu_train.py --images gpudata/photos --iters 600 --tf32 ;;
+    learning) # issue 14: does a run learn? ~8 minutes at batch 512, measured
+      # on the held-out photos at every checkpoint (bench/learning.py)
+      cpy bench/learning.py --gpu 0 --workers 15 --batch-size 512 \
+        --base-lr 1e-5 --momentum 0.9 --iters ${LEARN_ITERS:-12000} \
+        --every ${LEARN_EVERY:-2000} --images gpudata/photos/train \
+        --held-out gpudata/photos/held --out $OUT/learning ;;
     *) echo "unknown step $step" ;;
   esac
 done

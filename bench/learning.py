@@ -19,7 +19,10 @@ docs/evaluation.md for the measured curve and its duration).
 
     .venv/bin/python bench/learning.py --out /tmp/learning [--iters 200]
         [--every 50] [--batch-size 64] [--base-lr 1e-4 --momentum 0.9]
-        [--gpu 0]
+        [--gpu 0] [--images TRAIN... --held-out HELD...]
+
+On the GPU machine, bench/gpu_session.sh's ``learning`` step runs it on
+the photos bench/gpu_prepare.sh split into gpudata/photos/{train,held}.
 """
 import argparse
 import json
@@ -33,7 +36,7 @@ import numpy as np  # noqa: E402
 
 from deepcontext.data import photos  # noqa: E402
 from deepcontext.eval import features, neighbours, plots  # noqa: E402
-from deepcontext.eval import pretext  # noqa: E402
+from deepcontext.eval import pretext, toolcheck  # noqa: E402
 from deepcontext.model import pycaffe  # noqa: E402
 from deepcontext.train import snapshots  # noqa: E402
 
@@ -55,6 +58,11 @@ def parse_args():
     p.add_argument('--momentum', type=float, default=0.9)
     p.add_argument('--gpu', type=int, default=None)
     p.add_argument('--workers', type=int, default=2)
+    p.add_argument('--images', nargs='+', default=None,
+                   help='training images (folders, lists, files; default: '
+                        'photos.train_photos())')
+    p.add_argument('--held-out', nargs='+', default=None,
+                   help='held-out images (default: photos.held_out_photos())')
     return p.parse_args()
 
 
@@ -69,10 +77,11 @@ def train(args):
                     resume='yes')
     if args.gpu is not None:
         settings['gpu'] = args.gpu
+    images = ('images = %r\n' % (args.images,) if args.images else
+              'from deepcontext.data import photos as _photos\n'
+              'images = _photos.train_photos()\n')
     with open(cfg, 'w') as f:
-        f.write('from deepcontext.data import photos as _photos\n'
-                'images = _photos.train_photos()\n'
-                + ''.join('%s = %r\n' % kv for kv in settings.items()))
+        f.write(images + ''.join('%s = %r\n' % kv for kv in settings.items()))
     t0 = time.time()
     r = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'),
                         '--config', cfg, '--max-iter', str(args.iters),
@@ -145,7 +154,8 @@ def main():
     args = parse_args()
     outdir, seconds, stopped = train(args)
     pycaffe.set_mode(args.gpu)
-    held = photos.held_out_photos()
+    held = (toolcheck.image_files(args.held_out).paths if args.held_out
+            else photos.held_out_photos())
     patches, owner, _ = neighbours.sample_patches(held, PER_IMAGE, seed=0,
                                                   report=lambda s: None)
     chance = (PER_IMAGE - 1) / float(len(owner) - 1)
