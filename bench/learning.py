@@ -11,7 +11,15 @@ on the held-out photos (``photos.held_out_photos``):
 * fc6 retrieval: patches sampled from the held-out photos (4 a photo),
   each one's 4 nearest neighbours by fc6 correlation (itself left out);
   precision = the share from the query's own photo, against its chance
-  level (3 of the other patches come from the same photo).
+  level (3 of the other patches come from the same photo);
+* category retrieval: GCompris's 140 categorised pictures (5 classes,
+  ``debian_photos.gcompris_categories``; ``--categories`` for another
+  labelled set), relu5 at 224 x 224 max-pooled over 2 x 2 cells, each
+  picture's 5 nearest neighbours by correlation; precision = the share of
+  its class, against chance (a random neighbour's).
+
+``--measure-only`` measures the snapshots of an earlier run in ``--out``
+without training.
 
 Prints one line per checkpoint and writes learning.json and learning.png
 into ``--out``.  A short CPU run: ``--iters 200 --every 50`` (see
@@ -34,6 +42,7 @@ import time
 os.environ.setdefault('GLOG_minloglevel', '2')  # before caffe loads glog
 import numpy as np  # noqa: E402
 
+from deepcontext.data import debian_photos, labelled_folder  # noqa: E402
 from deepcontext.data import photos  # noqa: E402
 from deepcontext.eval import features, neighbours, plots  # noqa: E402
 from deepcontext.eval import pretext, toolcheck  # noqa: E402
@@ -42,6 +51,7 @@ from deepcontext.train import snapshots  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PER_IMAGE = 4
+CATEGORY_K = 5
 
 
 def parse_args():
@@ -63,6 +73,11 @@ def parse_args():
                         'photos.train_photos())')
     p.add_argument('--held-out', nargs='+', default=None,
                    help='held-out images (default: photos.held_out_photos())')
+    p.add_argument('--categories', default=None,
+                   help='labelled set for category retrieval (default: '
+                        "GCompris's categories; 'none' to skip)")
+    p.add_argument('--measure-only', action='store_true',
+                   help='measure the snapshots already in --out')
     return p.parse_args()
 
 
@@ -120,7 +135,22 @@ def same_photo_precision(net, patches, owner):
     return float(np.mean(owner[idx] == owner[:, None]))
 
 
-def measure(outdir, iteration, held, patches, owner):
+def category_precision(net, paths, labels):
+    """Share of each picture's CATEGORY_K relu5 neighbours of its class."""
+    feats = features.image_features(net, paths, layer='relu5', side=224,
+                                    grid=2, op='max')
+    idx, _ = neighbours.nearest_neighbours(feats, np.arange(len(labels)),
+                                           k=CATEGORY_K)
+    return float(np.mean(labels[idx] == labels[:, None]))
+
+
+def category_chance(labels):
+    """Precision of a random neighbour (the query itself left out)."""
+    n = np.bincount(labels).astype(float)
+    return float(np.sum(n * (n - 1)) / (len(labels) * (len(labels) - 1)))
+
+
+def measure(outdir, iteration, held, patches, owner, categories):
     weights = (None if iteration == 0 else os.path.join(
         outdir, 'model_iter_%d.caffemodel' % iteration))
     net, bn_mode = features.load_net(
@@ -131,52 +161,80 @@ def measure(outdir, iteration, held, patches, owner):
             'majority_baseline': r['majority_baseline'],
             'loss_per_pair': r['loss_per_pair'], 'pairs': r['pairs'],
             'fc6_same_photo_precision': same_photo_precision(net, patches,
-                                                             owner)}
+                                                             owner),
+            'relu5_category_precision': (
+                None if categories is None else
+                category_precision(net, *categories))}
 
 
-def figure(rows, chance_retrieval):
+def figure(rows, chance_retrieval, chance_category=None):
     it = [r['iteration'] for r in rows]
     series = {'pretext accuracy': (
         [100 * r['pretext_accuracy'] for r in rows], None),
         'fc6 same-photo precision': (
         [100 * r['fc6_same_photo_precision'] for r in rows], None)}
+    if rows[0]['relu5_category_precision'] is not None:
+        series['relu5 category precision'] = (
+            [100 * r['relu5_category_precision'] for r in rows], None)
     return plots.curves_figure(
         series, it, [str(i) for i in it], 'iteration', '% on held-out photos',
         'learning on the embedded photos, measured on held-out ones',
-        [(100 / 8.0, 'pretext chance', dict(color='grey', ls=':')),
+        # Each reference line in its series' colour (matplotlib's cycle).
+        [(100 / 8.0, 'pretext chance', dict(color='tab:blue', ls=':')),
          (100 * rows[0]['majority_baseline'], 'most frequent label',
-          dict(color='tab:red', ls='--', lw=1)),
-         (100 * chance_retrieval, 'retrieval chance',
-          dict(color='tab:green', ls=':'))])
+          dict(color='tab:blue', ls='--', lw=1)),
+         (100 * chance_retrieval, 'same-photo chance',
+          dict(color='tab:orange', ls=':'))]
+        + ([] if chance_category is None else
+           [(100 * chance_category, 'category chance',
+             dict(color='tab:green', ls=':'))]))
 
 
 def main():
     args = parse_args()
-    outdir, seconds, stopped = train(args)
+    if args.measure_only:
+        outdir, seconds, stopped = (os.path.join(args.out, 'train_out'),
+                                    None, None)
+    else:
+        outdir, seconds, stopped = train(args)
     pycaffe.set_mode(args.gpu)
+    categories, cat_chance = None, None
+    if args.categories != 'none':
+        paths, labels, _ = labelled_folder.open_labelled(
+            args.categories or debian_photos.gcompris_categories())
+        categories, cat_chance = (paths, labels), category_chance(labels)
     held = (toolcheck.image_files(args.held_out).paths if args.held_out
             else photos.held_out_photos())
     patches, owner, _ = neighbours.sample_patches(held, PER_IMAGE, seed=0,
                                                   report=lambda s: None)
     chance = (PER_IMAGE - 1) / float(len(owner) - 1)
-    print('trained %d iterations in %.0f s; measuring on %d held-out photos'
-          % (args.iters, seconds, len(held)))
+    print('%s; measuring on %d held-out photos'
+          % ('the snapshots of %s' % outdir if seconds is None else
+             'trained %d iterations in %.0f s' % (args.iters, seconds),
+             len(held)))
     rows = []
     for iteration in [0] + snapshots.complete(outdir):
-        rows.append(measure(outdir, iteration, held, patches, owner))
+        rows.append(measure(outdir, iteration, held, patches, owner,
+                            categories))
         r = rows[-1]
         print('iteration %5d: pretext %.1f%% (most frequent label %.1f%%, '
               'chance 12.5%%), fc6 same-photo precision@%d %.1f%% '
               '(chance %.1f%%)'
               % (iteration, 100 * r['pretext_accuracy'],
                  100 * r['majority_baseline'], PER_IMAGE,
-                 100 * r['fc6_same_photo_precision'], 100 * chance),
+                 100 * r['fc6_same_photo_precision'], 100 * chance)
+              + ('' if categories is None else
+                 ', relu5 category precision@%d %.1f%% (chance %.1f%%)'
+                 % (CATEGORY_K, 100 * r['relu5_category_precision'],
+                    100 * cat_chance)),
               flush=True)
     with open(os.path.join(args.out, 'learning.json'), 'w') as f:
         json.dump(dict(vars(args), train_seconds=seconds,
                        held_out_photos=len(held), stopped=stopped,
-                       retrieval_chance=chance, rows=rows), f, indent=1)
-    plots.save(figure(rows, chance), os.path.join(args.out, 'learning.png'))
+                       retrieval_chance=chance,
+                       category_chance=cat_chance, rows=rows), f, indent=1)
+    plots.save(figure(rows, chance, cat_chance),
+               os.path.join(args.out, 'learning.png'))
     print('wrote %s/learning.json and learning.png' % args.out)
 
 
