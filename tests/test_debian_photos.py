@@ -1,9 +1,8 @@
-"""Photos from pinned Debian packages (data/debian_photos.py) and the Qt
-resource reader they need (data/qt_resources.py).
+"""Photos from pinned Debian packages (data/debian_photos.py).
 
-The .deb reader is checked against dpkg-deb's own packages; the .rcc
-reader against GCompris's files as Qt's rcc wrote them (fetched by
-``make photos``, which ``make test`` runs first).
+The .deb reader is checked against dpkg-deb's own packages; the fetched
+photos (``make photos``, which ``make test`` runs first) against the
+selection.
 """
 import io
 import os
@@ -14,9 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepcontext.data import debian_photos, labelled_folder, photos
-from deepcontext.data.decode import load_rgb
-from deepcontext.data.qt_resources import ResourceError, read_rcc
+from deepcontext.data import debian_photos, photos
 
 
 def _png(size, colour):
@@ -117,22 +114,3 @@ def test_the_pinned_packages_give_the_selected_photos():
     kpa = dict((os.path.basename(p), p) for p in per_package['kphotoalbum'])
     assert Image.open(kpa['wayne.jpg']).size == (600, 800)
     assert set(found) <= set(photos.demo_photos())
-
-
-def test_gcompris_categories_read_from_qt_resources():
-    root = debian_photos.gcompris_categories()
-    paths, labels, names = labelled_folder.open_labelled(root)
-    assert names == ('fishes', 'monuments', 'others', 'renewable', 'tools')
-    assert np.bincount(labels).tolist() == [28, 27, 17, 29, 39]
-    for path in paths[::10]:
-        assert load_rgb(path).ndim == 3
-
-
-def test_read_rcc_refuses_what_is_not_a_qt_resource(tmp_path):
-    bad = tmp_path / 'x.rcc'
-    bad.write_bytes(b'RIFF....WEBP')
-    with pytest.raises(ResourceError, match='qres'):
-        read_rcc(str(bad))
-    bad.write_bytes(b'qres' + (9).to_bytes(4, 'big') + bytes(12))
-    with pytest.raises(ResourceError, match='version 9'):
-        read_rcc(str(bad))
