@@ -25,7 +25,7 @@ The packages are located with ``importlib.util.find_spec`` and never
 imported, so none of their code runs.
 
 A fixed train / held-out split (:func:`train_photos`,
-:func:`held_out_photos`; 205 / 80 photos with the pinned packages) keeps
+:func:`held_out_photos`; 204 / 80 photos with the pinned packages) keeps
 pictures of one scene on one side: a photo's *scene key* is its file name
 without extension, lower case, without a trailing ``-l``/``-r``/
 ``_left``/``_right`` or short number (``-2``, ``_008``, ``flowers4``), and
