@@ -114,3 +114,11 @@ def test_the_pinned_packages_give_the_selected_photos():
     kpa = dict((os.path.basename(p), p) for p in per_package['kphotoalbum'])
     assert Image.open(kpa['wayne.jpg']).size == (600, 800)
     assert set(found) <= set(photos.demo_photos())
+
+
+def test_photos_prepared_under_other_rules_are_not_used(monkeypatch):
+    deb = debian_photos.DEBS['gcompris-qt-data']
+    before = debian_photos.package_dir(deb)
+    monkeypatch.setattr(debian_photos, 'MAX_ASPECT', 3.0)
+    assert debian_photos.package_dir(deb) != before
+    assert debian_photos.missing() == list(debian_photos.DEBS)

@@ -156,10 +156,21 @@ def cache_dir():
     return os.path.join(os.path.expanduser(root), 'photos')
 
 
+def _selection_key():
+    """Short hash of the selection and preparation rules: a cache written
+    under other rules is not used (and is removed by the next fetch)."""
+    rules = (MAX_SIDE, MIN_SIDE, MAX_ASPECT, _KPA, sorted(
+        _KPA_CLOCKWISE.items()), _MATE, _LOMIRI_16, _LOMIRI_20,
+        sorted(_PLASMA.items()), _GCOMPRIS_PHOTO_SETS, _GCOMPRIS_CLASSES)
+    return hashlib.sha256(repr(rules).encode()).hexdigest()[:8]
+
+
 def package_dir(deb):
-    """Folder of one package's prepared photos (version in the name)."""
+    """Folder of one package's prepared photos: the package version and
+    the selection rules' key in the name."""
     version = deb.version.replace(':', '_')
-    return os.path.join(cache_dir(), '%s_%s' % (deb.name, version))
+    return os.path.join(cache_dir(), '%s_%s-%s' % (deb.name, version,
+                                                   _selection_key()))
 
 
 def _fetched(deb):
@@ -342,6 +353,11 @@ def fetch(report=print):
                 shutil.rmtree(final)
             os.rename(out, final)
             report('  %d photos in %s' % (count, final))
+        for stale in os.listdir(cache_dir()):
+            # The same package prepared under other rules or versions.
+            if (stale.startswith(deb.name + '_')
+                    and os.path.join(cache_dir(), stale) != final):
+                shutil.rmtree(os.path.join(cache_dir(), stale))
 
 
 def _require(deb_name):
