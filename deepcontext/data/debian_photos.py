@@ -325,39 +325,43 @@ def fetch(report=print):
     """
     os.makedirs(cache_dir(), exist_ok=True)
     for deb in DEBS.values():
-        if _fetched(deb):
-            continue
-        final = package_dir(deb)
-        with tempfile.TemporaryDirectory(dir=cache_dir(),
-                                         prefix='.fetch-') as tmp:
-            report('fetching %s %s (%.0f MB) ...'
-                   % (deb.name, deb.version, deb.size / 1e6))
-            path = _download(deb, os.path.join(tmp, 'package.deb'))
-            members = deb_members(path)
-            os.remove(path)
-            out = os.path.join(tmp, 'photos')
-            count = 0
-            for name, data, clockwise in _selection(deb.name, members):
-                stored, ext = prepare(data, clockwise)
-                if ext:
-                    name = os.path.splitext(name)[0] + ext
-                dest = os.path.join(out, name)
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
-                with open(dest, 'wb') as f:
-                    f.write(stored)
-                count += 1
-            with open(os.path.join(out, 'COMPLETE'), 'w') as f:
-                f.write('%s %s %s %d photos\n'
-                        % (deb.name, deb.version, deb.sha256, count))
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.rename(out, final)
-            report('  %d photos in %s' % (count, final))
+        if not _fetched(deb):
+            _fetch_one(deb, report)
         for stale in os.listdir(cache_dir()):
             # The same package prepared under other rules or versions.
-            if (stale.startswith(deb.name + '_')
-                    and os.path.join(cache_dir(), stale) != final):
-                shutil.rmtree(os.path.join(cache_dir(), stale))
+            path = os.path.join(cache_dir(), stale)
+            if stale.startswith(deb.name + '_') and path != package_dir(deb):
+                shutil.rmtree(path)
+
+
+def _fetch_one(deb, report):
+    """Download, verify and prepare one package into its cache folder."""
+    final = package_dir(deb)
+    with tempfile.TemporaryDirectory(dir=cache_dir(),
+                                     prefix='.fetch-') as tmp:
+        report('fetching %s %s (%.0f MB) ...'
+               % (deb.name, deb.version, deb.size / 1e6))
+        path = _download(deb, os.path.join(tmp, 'package.deb'))
+        members = deb_members(path)
+        os.remove(path)
+        out = os.path.join(tmp, 'photos')
+        count = 0
+        for name, data, clockwise in _selection(deb.name, members):
+            stored, ext = prepare(data, clockwise)
+            if ext:
+                name = os.path.splitext(name)[0] + ext
+            dest = os.path.join(out, name)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with open(dest, 'wb') as f:
+                f.write(stored)
+            count += 1
+        with open(os.path.join(out, 'COMPLETE'), 'w') as f:
+            f.write('%s %s %s %d photos\n'
+                    % (deb.name, deb.version, deb.sha256, count))
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.rename(out, final)
+        report('  %d photos in %s' % (count, final))
 
 
 def _require(deb_name):
