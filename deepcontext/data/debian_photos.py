@@ -9,7 +9,8 @@ also make a small labelled set in ImageFolder layout
 
 Each package is pinned by version and SHA-256 (Debian 12 "bookworm"),
 downloaded from ``$DEBIAN_MIRROR`` (default ``http://deb.debian.org/debian``)
-or taken from ``$DEEPCONTEXT_DEBS`` (a folder holding the .deb files, for
+or taken from ``$DEEPCONTEXT_DEBS`` (a folder holding the .deb files, e.g.
+from ``apt-get download``, for
 machines without network), and unpacked with Python's own ``ar`` reading and
 ``tarfile``: no root, no dpkg, nothing installed system-wide.  Only the
 photos listed here are kept, in ``$DEEPCONTEXT_CACHE/photos/`` (default
@@ -47,11 +48,13 @@ import urllib.request
 
 from PIL import Image
 
-from deepcontext.data.qt_resources import read_rcc
+from deepcontext.data.qt_resources import parse_rcc
 
 # Longer side, in pixels, above which a photo is shrunk when prepared.
 MAX_SIDE = 1024
-# Smallest accepted shorter side (as photos.MIN_SIDE).
+# Smallest accepted shorter side, in pixels, of a demo photo as stored (for
+# every source: photos.py takes it from here): tiny images would mostly be
+# upsampled blur after the loader resizes them to 150k-450k pixels.
 MIN_SIDE = 256
 # Largest accepted ratio of the longer to the shorter side: at the loader's
 # smallest size (150k pixels) both sides must exceed 2 * 96 + 48 + 7 = 247
@@ -186,11 +189,16 @@ def _download(deb, dest):
     """The .deb into ``dest`` (a file path), verified; returns dest."""
     local = os.environ.get('DEEPCONTEXT_DEBS')
     if local:
-        src = os.path.join(local, os.path.basename(deb.filename))
-        if not os.path.isfile(src):
+        # The mirror's file name, or apt-get download's (epoch as %3a).
+        name = os.path.basename(deb.filename)
+        names = [name, name.replace('_%s_' % deb.version.split(':')[-1],
+                                    '_%s_' % deb.version.replace(':', '%3a'))]
+        found = [os.path.join(local, n) for n in names
+                 if os.path.isfile(os.path.join(local, n))]
+        if not found:
             raise FetchError('%s not found (DEEPCONTEXT_DEBS=%s)'
-                             % (os.path.basename(deb.filename), local))
-        shutil.copyfile(src, dest)
+                             % (name, local))
+        shutil.copyfile(found[0], dest)
     else:
         mirror = os.environ.get('DEBIAN_MIRROR',
                                 'http://deb.debian.org/debian').rstrip('/')
@@ -237,8 +245,10 @@ def deb_members(path):
                               mode='r:*') as tar:
                 for info in tar:
                     if info.isfile():
-                        members[info.name.lstrip('./')] = \
-                            tar.extractfile(info).read()
+                        name = info.name
+                        if name.startswith('./'):
+                            name = name[2:]
+                        members[name] = tar.extractfile(info).read()
             return members
         pos = start + size + (size % 2)
     raise FetchError('%s: no data.tar member' % path)
@@ -265,25 +275,22 @@ def _selection(deb_name, members):
 
 def _gcompris_selection(members):
     """GCompris's photo sets, and the categorisation classes."""
-    kept = []
-    with tempfile.TemporaryDirectory(prefix='dc-rcc-') as tmp:
-        def resources(activity):
-            path = os.path.join(tmp, activity + '.rcc')
-            with open(path, 'wb') as f:
-                f.write(members['%s%s.rcc' % (_GCOMPRIS_RCC, activity)])
-            return read_rcc(path)
+    def resources(activity):
+        member = '%s%s.rcc' % (_GCOMPRIS_RCC, activity)
+        return sorted(parse_rcc(members[member], member).items())
 
-        for activity in _GCOMPRIS_PHOTO_SETS:
-            for key, data in sorted(resources(activity).items()):
-                if key.lower().endswith(_RASTER) and _fits(data):
-                    kept.append(('%s/%s' % (activity, key.split('/')[-1]),
-                                 data, 0))
-        for key, data in sorted(resources('categorization').items()):
-            parts = key.split('/')
-            if (key.lower().endswith(_RASTER) and len(parts) >= 2
-                    and parts[-2] in _GCOMPRIS_CLASSES):
-                kept.append(('categorization/%s/%s' % (parts[-2], parts[-1]),
+    kept = []
+    for activity in _GCOMPRIS_PHOTO_SETS:
+        for key, data in resources(activity):
+            if key.lower().endswith(_RASTER) and _fits(data):
+                kept.append(('%s/%s' % (activity, key.split('/')[-1]),
                              data, 0))
+    for key, data in resources('categorization'):
+        parts = key.split('/')
+        if (key.lower().endswith(_RASTER) and len(parts) >= 2
+                and parts[-2] in _GCOMPRIS_CLASSES):
+            kept.append(('categorization/%s/%s' % (parts[-2], parts[-1]),
+                         data, 0))
     return kept
 
 

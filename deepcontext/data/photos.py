@@ -48,8 +48,9 @@ from PIL import Image
 from deepcontext.data import debian_photos
 from deepcontext.data.decode import ImageError, load_rgb
 
-# Smallest accepted side, in pixels, of a demo photo as stored.
-MIN_SIDE = 256
+# Smallest accepted side, in pixels, of a demo photo as stored (one
+# threshold for every source).
+MIN_SIDE = debian_photos.MIN_SIDE
 
 # Natural photographs among skimage/data (0.22).  Left out: synthetic or test
 # pictures (chessboard_*, color, phantom, logo, horse silhouette, clock_motion

@@ -30,7 +30,13 @@ class ResourceError(ValueError):
 
 
 def read_rcc(path):
-    """All files of a ``.rcc`` file.
+    """All files of a ``.rcc`` file (see :func:`parse_rcc`)."""
+    with open(path, 'rb') as f:
+        return parse_rcc(f.read(), path)
+
+
+def parse_rcc(blob, path='<rcc>'):
+    """All files of a ``.rcc`` file's bytes; ``path`` names it in errors.
 
     Returns
     -------
@@ -44,8 +50,6 @@ def read_rcc(path):
         Not a Qt resource file, a version other than 1-3, offsets outside
         the file, or a zstd-compressed entry.
     """
-    with open(path, 'rb') as f:
-        blob = f.read()
     if blob[:4] != b'qres' or len(blob) < 20:
         raise ResourceError('%s: not a Qt resource file (no qres header)'
                             % path)
