@@ -44,7 +44,8 @@ import numpy as np  # noqa: E402
 
 from deepcontext.data import debian_photos, labelled_folder  # noqa: E402
 from deepcontext.data import photos  # noqa: E402
-from deepcontext.eval import features, neighbours, plots  # noqa: E402
+from deepcontext.eval import features, logparse, neighbours  # noqa: E402
+from deepcontext.eval import plots  # noqa: E402
 from deepcontext.eval import pretext, toolcheck  # noqa: E402
 from deepcontext.model import pycaffe  # noqa: E402
 from deepcontext.train import snapshots  # noqa: E402
@@ -108,22 +109,13 @@ def train(args):
     if r.returncode == 3:
         # The original's divergence check stopped the run: measure the
         # snapshots it left, and say so.
-        stopped = last_log_line(outdir, 'diverged at iteration')
+        stopped = logparse.last_message(os.path.join(outdir, 'out.log'),
+                                        'diverged at iteration')
         print('training stopped by the divergence check: %s' % stopped)
     elif r.returncode != 0:
         sys.exit('training failed (exit %d); see %s'
                  % (r.returncode, args.out))
     return outdir, time.time() - t0, stopped
-
-
-def last_log_line(outdir, text):
-    """The message of out.log's last line containing ``text``."""
-    found = None
-    with open(os.path.join(outdir, 'out.log')) as f:
-        for line in f:
-            if text in line:
-                found = line.split('] ', 1)[-1].strip()
-    return found
 
 
 def same_photo_precision(net, patches, owner):

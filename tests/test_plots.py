@@ -70,6 +70,13 @@ def test_parse_out_log_resumed_run_keeps_the_later_line(run_dir, tmp_path):
     assert log['norm_loss'][1] == 9.5
 
 
+def test_last_message_is_the_runs_end_line(run_dir):
+    path = os.path.join(run_dir, 'out.log')
+    assert (logparse.last_message(path, 'max_iter at iteration')
+            == 'max_iter at iteration %d' % STEPS)
+    assert logparse.last_message(path, 'diverged at iteration') is None
+
+
 def test_param_stats_from_json_and_from_npy(run_dir, tmp_path):
     stats = logparse.load_param_stats(run_dir)
     assert stats['iter'].tolist() == [0, 2]

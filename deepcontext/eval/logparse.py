@@ -67,6 +67,18 @@ def parse_out_log(path):
     return out
 
 
+def last_message(path, text):
+    """The message (after glog's ``] ``) of the last line of ``path``
+    that contains ``text``, e.g. a run's end line ``diverged at iteration
+    N``; None if no line does."""
+    found = None
+    with open(path, errors='replace') as f:
+        for line in f:
+            if text in line:
+                found = line.split('] ', 1)[-1].strip()
+    return found
+
+
 def load_param_stats(outdir):
     """Parameter norms and update norms saved by a run.
 
