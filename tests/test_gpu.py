@@ -235,6 +235,9 @@ data = batches.real_patches(photo_list, 64, seed=3)
 rs = np.random.RandomState(0)
 pairs = np.stack([np.arange(63), np.arange(1, 64)], 1)
 labels = [rs.randint(0, 8, 63) for _ in range(20)]
+def params(net):
+    return {'%s/%d' % (n, i): b.data for n, blobs in net.params.items()
+            for i, b in enumerate(blobs)}
 nets.write_nets(out, batch_size=64, debug_info=False)
 path = solver.write_solver(os.path.join(out, 'solver.prototxt'),
                            solver.gen_solver(out, base_lr=1e-4, momentum=0.9,
@@ -251,16 +254,13 @@ if os.path.exists(init):
         for i, b in enumerate(blobs):
             b.data[...] = saved['%s/%d' % (name, i)]
 else:
-    np.savez(init, **{'%s/%d' % (n, i): b.data for n, bl in
-                      s.net.params.items() for i, b in enumerate(bl)})
+    np.savez(init, **params(s.net))
 if mode == 'nccl':
     multigpu.join_nccl(s, me, caffe.NCCL.new_uid())
 for step in range(20):
     pycaffe.set_inputs(s.net, data, pairs, labels[step])
     s.step(1)
-np.savez(os.path.join(out, 'after.npz'),
-         **{'%s/%d' % (n, i): b.data for n, bl in s.net.params.items()
-            for i, b in enumerate(bl)})
+np.savez(os.path.join(out, 'after.npz'), **params(s.net))
 '''
 
 
