@@ -1,5 +1,6 @@
 """Bad images and bad configs: skipped or refused with one clear line."""
 import os
+import re
 import subprocess
 import sys
 
@@ -8,7 +9,8 @@ import pytest
 from PIL import Image
 
 from deepcontext.data import photos
-from conftest import TRAIN, processes_with, write_config
+from deepcontext.model import pycaffe
+from conftest import ROOT, TRAIN, processes_with, write_config
 
 
 def make_zoo(folder):
@@ -86,7 +88,6 @@ def test_no_usable_image_fails_fast_with_a_message(tmp_path):
     ('batch_sz = 512', 'unknown config key(s) batch_sz'),
     ('images = "/no/such/folder"', '/no/such/folder'),
     ('out_dir = "/no/such/out"', 'out_dir /no/such/out does not exist'),
-    ('gpu = 0', 'CPU-only build'),
     ('batch_size = 1024', 'at most 512'),
     ('resume = "maybe"', 'resume must be one of'),
 ])
@@ -114,3 +115,33 @@ def test_missing_config_and_missing_key(tmp_path):
                         str(tmp_path / 'c.py')], cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)
     assert "config key 'out_dir' is missing" in r.stderr
+
+
+# Where no GPU can be used, Caffe itself aborts with a CHECK failure and a
+# stack trace (status 134).  What `gpu = 0` is told instead, by build: the
+# CPU-only build refuses it; a CUDA build under CUDA_VISIBLE_DEVICES='' sees
+# no device, or, on a machine without NVIDIA's driver, no driver.
+NO_GPU = ('this pycaffe is a CPU-only build' if pycaffe.cpu_only() else
+          r"no CUDA device is visible \(CUDA_VISIBLE_DEVICES=''\)|"
+          r'no NVIDIA driver here \(libcuda\.so\.1 not found\)')
+
+
+def test_a_gpu_that_cannot_be_used_is_one_line(tmp_path):
+    cfg = write_config(tmp_path, gpu=0)
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES='')
+    r = subprocess.run([sys.executable, TRAIN, '--config', cfg],
+                       cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert r.returncode == 1, r.stderr
+    assert re.fullmatch('deepcontext: gpu=0 requested, but (%s)' % NO_GPU,
+                        r.stderr.strip()), r.stderr
+    assert not (tmp_path / 'out' / 'train_out').exists()
+    assert processes_with(cfg) == []
+    # the evaluation tools say the same through toolcheck.run
+    r = subprocess.run([sys.executable,
+                        os.path.join(ROOT, 'tools', 'eval_pretext.py'),
+                        '--gpu', '0', '--images', photos.test_photos()[0]],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 1, r.stderr
+    assert re.fullmatch('eval_pretext: GPU 0: (%s)' % NO_GPU,
+                        r.stderr.strip()), r.stderr

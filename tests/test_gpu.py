@@ -289,3 +289,21 @@ def test_one_nccl_rank_trains_as_the_plain_gpu_solver(tmp_path):
     print('20 steps: weights moved %.3g; plain vs plain %.3g; nccl vs plain '
           '%.3g (max relative, over blobs)' % (moved, noise, diff))
     assert diff <= max(10 * noise, 1e-6), (diff, noise)
+
+
+def test_a_gpu_id_past_the_last_is_one_line(tmp_path):
+    """gpu = N on a machine showing N devices: one line and status 1 from
+    train.py, where Caffe would abort ('invalid device ordinal')."""
+    import ctypes
+    from conftest import TRAIN, write_config
+    n = ctypes.c_int(0)
+    gpufeed.load_cudart().cudaGetDeviceCount(ctypes.byref(n))
+    cfg = write_config(tmp_path, gpu=n.value)
+    r = subprocess.run([sys.executable, TRAIN, '--config', cfg],
+                       cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().startswith(
+        'deepcontext: gpu=%d requested, but this machine shows %d CUDA '
+        'device' % (n.value, n.value)), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -47,7 +47,10 @@ def main():
         records = voc.load(args.voc, args.image_set, args.proposals)
     except voc.VocError as e:
         sys.exit('test_detector: %s' % e)
-    pycaffe.set_mode(args.gpu)
+    try:
+        pycaffe.set_mode(args.gpu)
+    except pycaffe.NoGPU as e:
+        sys.exit('test_detector: %s' % e)
     net = pycaffe.net_from_param(pycaffe.read_netparam(args.definition),
                                  'test', args.weights)
     found = detector.detect(net, records, len(voc.CLASSES), scale=args.scale)

@@ -61,7 +61,10 @@ def main():
     except voc.VocError as e:
         sys.exit('train_detector: %s' % e)
     os.makedirs(out, exist_ok=True)
-    pycaffe.set_mode(args.gpu)
+    try:
+        pycaffe.set_mode(args.gpu)
+    except pycaffe.NoGPU as e:
+        sys.exit('train_detector: %s' % e)
     caffe.set_random_seed(args.seed)
     s = caffe_pb2.SolverParameter()
     with open(files['solver.prototxt']) as f:

@@ -22,10 +22,11 @@ class ToolError(Exception):
 
 
 def run(main, tool):
-    """Call ``main()``; a ToolError ends the process: 'tool: message', 1."""
+    """Call ``main()``; a ToolError (or pycaffe.NoGPU) ends the process:
+    'tool: message', status 1."""
     try:
         main()
-    except ToolError as e:
+    except (ToolError, pycaffe.NoGPU) as e:
         sys.exit('%s: %s' % (tool, e))
 
 

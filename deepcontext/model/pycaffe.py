@@ -3,12 +3,14 @@
 What goes through here: writing inputs into a net (:func:`set_data`,
 :func:`set_blobs`, :func:`set_inputs`), building a net from a
 ``NetParameter`` or prototxt (:func:`net_from_param`,
-:func:`read_netparam`), the device (:func:`set_mode`, :func:`cpu_only`)
+:func:`read_netparam`), the device (:func:`set_mode`, :func:`cpu_only`,
+:func:`gpu_unusable`, :func:`cudart`)
 and every private pycaffe call (``_forward``, ``_backward``,
 ``_layer_names``, ``_gpu_data_ptr``).  Weights are read and written through
 pycaffe's public ``net.params[name][i].data``, and outputs read from
 ``net.blobs[name].data``, where the surgery and the measurements need them.
 """
+import ctypes
 import os
 import tempfile
 
@@ -20,13 +22,89 @@ from google.protobuf import text_format
 PHASES = {'train': caffe.TRAIN, 'test': caffe.TEST}
 
 
+class NoGPU(RuntimeError):
+    """The GPU asked for cannot be used here; the message says why."""
+
+
 def set_mode(gpu=None):
-    """Run Caffe on the CPU (``gpu=None``) or on GPU number ``gpu``."""
+    """Run Caffe on the CPU (``gpu=None``) or on GPU number ``gpu``.
+
+    Raises NoGPU, with the reason, where Caffe would abort the process."""
     if gpu is None:
         caffe.set_mode_cpu()
     else:
+        why = gpu_unusable(gpu)
+        if why:
+            raise NoGPU('GPU %d: %s' % (gpu, why))
         caffe.set_device(int(gpu))
         caffe.set_mode_gpu()
+
+
+# CUDA runtime errors (driver_types.h) that have a better explanation here
+CUDA_ERROR_INSUFFICIENT_DRIVER = 35
+CUDA_ERROR_NO_DEVICE = 100
+
+
+def gpu_unusable(gpu):
+    """Why Caffe cannot run on GPU number ``gpu`` here, or None if it can.
+
+    Asks the CUDA runtime this pycaffe is linked to how many devices it
+    sees, as Caffe would when it aborts with a CHECK failure.  This
+    initialises the CUDA driver in this process: call it where Caffe's own
+    CUDA work would come next, not in a parent that later forks processes
+    which use the GPU.
+    """
+    if cpu_only():
+        return 'this pycaffe is a CPU-only build'
+    if gpu < 0:
+        return 'device ids start at 0'
+    rt = cudart()
+    if rt is None:
+        return 'the CUDA runtime (libcudart) cannot be loaded'
+    count = ctypes.c_int(0)
+    err = rt.cudaGetDeviceCount(ctypes.byref(count))
+    visible = os.environ.get('CUDA_VISIBLE_DEVICES')
+    shown = '' if visible is None else ' (CUDA_VISIBLE_DEVICES=%r)' % visible
+    if err == CUDA_ERROR_INSUFFICIENT_DRIVER:
+        try:
+            ctypes.CDLL('libcuda.so.1')
+        except OSError:
+            return 'no NVIDIA driver here (libcuda.so.1 not found)'
+        driver, runtime = ctypes.c_int(0), ctypes.c_int(0)
+        rt.cudaDriverGetVersion(ctypes.byref(driver))
+        rt.cudaRuntimeGetVersion(ctypes.byref(runtime))
+        return ('the NVIDIA driver supports CUDA up to %s; this build needs '
+                'CUDA %s: update the driver' % (_cuda_version(driver.value),
+                                                _cuda_version(runtime.value)))
+    if err == CUDA_ERROR_NO_DEVICE or (err == 0 and count.value == 0):
+        return 'no CUDA device is visible' + shown
+    if err:
+        return 'CUDA cannot count the devices: %s' % (
+            rt.cudaGetErrorString(err).decode())
+    if gpu >= count.value:
+        n = count.value
+        return 'this machine shows %d CUDA device%s (%s)%s' % (
+            n, '' if n == 1 else 's', '0' if n == 1 else '0-%d' % (n - 1),
+            shown)
+    return None
+
+
+def cudart():
+    """The CUDA runtime library libcaffe uses (ctypes: the same library,
+    so the same CUDA context), or None (CPU-only build)."""
+    for name in ('libcudart.so.13', 'libcudart.so.12', 'libcudart.so'):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        lib.cudaGetErrorString.restype = ctypes.c_char_p
+        return lib
+    return None
+
+
+def _cuda_version(number):
+    """CUDA's version integer (13000) as text ('13.0')."""
+    return '%d.%d' % (number // 1000, number % 1000 // 10)
 
 
 def cpu_only():

@@ -34,29 +34,25 @@ class CudaError(RuntimeError):
 
 def load_cudart():
     """The CUDA runtime library libcaffe uses, or None (CPU-only build)."""
-    for name in ('libcudart.so.13', 'libcudart.so.12', 'libcudart.so'):
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError:
-            continue
-        lib.cudaGetErrorString.restype = ctypes.c_char_p
-        lib.cudaMemcpyAsync.argtypes = [ctypes.c_void_p, ctypes.c_void_p,
-                                        ctypes.c_size_t, ctypes.c_int,
-                                        ctypes.c_void_p]
-        lib.cudaHostRegister.argtypes = [ctypes.c_void_p, ctypes.c_size_t,
-                                         ctypes.c_uint]
-        lib.cudaHostUnregister.argtypes = [ctypes.c_void_p]
-        lib.cudaMalloc.argtypes = [ctypes.POINTER(ctypes.c_void_p),
-                                   ctypes.c_size_t]
-        lib.cudaFree.argtypes = [ctypes.c_void_p]
-        for fn in ('cudaEventRecord', 'cudaStreamWaitEvent'):
-            getattr(lib, fn).argtypes = [ctypes.c_void_p, ctypes.c_void_p] + (
-                [ctypes.c_uint] if fn == 'cudaStreamWaitEvent' else [])
-        for fn in ('cudaEventSynchronize', 'cudaEventDestroy',
-                   'cudaStreamDestroy', 'cudaStreamSynchronize'):
-            getattr(lib, fn).argtypes = [ctypes.c_void_p]
-        return lib
-    return None
+    lib = pycaffe.cudart()
+    if lib is None:
+        return None
+    lib.cudaMemcpyAsync.argtypes = [ctypes.c_void_p, ctypes.c_void_p,
+                                    ctypes.c_size_t, ctypes.c_int,
+                                    ctypes.c_void_p]
+    lib.cudaHostRegister.argtypes = [ctypes.c_void_p, ctypes.c_size_t,
+                                     ctypes.c_uint]
+    lib.cudaHostUnregister.argtypes = [ctypes.c_void_p]
+    lib.cudaMalloc.argtypes = [ctypes.POINTER(ctypes.c_void_p),
+                               ctypes.c_size_t]
+    lib.cudaFree.argtypes = [ctypes.c_void_p]
+    for fn in ('cudaEventRecord', 'cudaStreamWaitEvent'):
+        getattr(lib, fn).argtypes = [ctypes.c_void_p, ctypes.c_void_p] + (
+            [ctypes.c_uint] if fn == 'cudaStreamWaitEvent' else [])
+    for fn in ('cudaEventSynchronize', 'cudaEventDestroy',
+               'cudaStreamDestroy', 'cudaStreamSynchronize'):
+        getattr(lib, fn).argtypes = [ctypes.c_void_p]
+    return lib
 
 
 class GpuFeed:

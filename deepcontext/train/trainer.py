@@ -202,10 +202,10 @@ class Trainer:
 
     def _setup(self):
         cfg = self.cfg
-        if self.device is not None and pycaffe.cpu_only():
-            raise dc_config.ConfigError(
-                'gpu=%d requested, but this pycaffe is a CPU-only build'
-                % self.device)
+        why = self.device is not None and pycaffe.gpu_unusable(self.device)
+        if why:
+            raise dc_config.ConfigError('gpu=%d requested, but %s'
+                                        % (self.device, why))
         image_set = self._open_images()
         self._check_tmp_dir()
         resume_from = None
