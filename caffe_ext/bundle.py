@@ -1,8 +1,8 @@
 """``make gpu-bundle``: a relocatable tarball that trains on a GPU machine.
 
 For air-gapped GPU clusters: x86-64 Linux with an NVIDIA driver and the
-CUDA 13 runtime libraries (cudart, cuBLAS, cuRAND, cuDNN 9), no internet,
-no compilers.  The tarball holds
+CUDA 13 runtime libraries (cudart, cuBLAS, cuRAND, cuDNN 9, NCCL 2), no
+internet, no compilers.  The tarball holds
 
     deepcontext-gpu/
       bin/python        launcher: Debian's Python 3.11 with the bundle's
@@ -15,8 +15,10 @@ no compilers.  The tarball holds
                         deepcontext
       train.py, tools/, deepcontext_config.py.example
 
-CUDA's own libraries are not included (hundreds of MB, and the machine's
-must match its driver).  Usage there::
+CUDA's own libraries, cuDNN's and NCCL's are not included (hundreds of MB,
+and the machine's must match its driver): env.sh finds them in the CUDA
+folders, in LD_LIBRARY_PATH, or in the NVIDIA wheels of the machine's
+python3.  Usage there::
 
     tar xJf deepcontext-gpu.tar.xz && cd deepcontext-gpu
     bin/python train.py --config my_config.py     # with gpu = 0
@@ -41,10 +43,11 @@ PY_PACKAGES = ['numpy', 'numpy.libs', 'google', 'six.py', 'PIL',
 STDLIB_PRUNE = ['test', 'idlelib', 'tkinter', 'turtledemo', 'ensurepip',
                 'lib2to3', 'pydoc_data', 'distutils', 'venv', 'unittest/test',
                 'sqlite3/test', 'ctypes/test', 'config-3.11-x86_64-linux-gnu']
-# Provided by the target machine: glibc's own libraries and CUDA's.
+# Provided by the target machine: glibc's own libraries, CUDA's and NCCL's
+# (libnccl.so.2 alone is 344 MB).
 SYSTEM = re.compile(r'^(linux-vdso|ld-linux|libc\.|libm\.|libpthread|libdl|'
                     r'librt|libresolv|libcuda|libcudart|libcublas|libcurand|'
-                    r'libcudnn|libnvidia|libnvrtc)')
+                    r'libcudnn|libnccl|libnvidia|libnvrtc)')
 
 
 def log(msg):
@@ -164,13 +167,17 @@ DEEPCONTEXT_BUNDLE=$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")" && pwd)
 export PYTHONHOME="$DEEPCONTEXT_BUNDLE/python"
 export PYTHONPATH="$DEEPCONTEXT_BUNDLE/site-packages:$DEEPCONTEXT_BUNDLE"
 export PYTHONNOUSERSITE=1
-# CUDA 13 runtime libraries: the machine's own (add yours to
-# LD_LIBRARY_PATH if they live elsewhere).
+# CUDA 13 runtime libraries, cuDNN 9 and NCCL 2: the machine's own (add
+# yours to LD_LIBRARY_PATH if they live elsewhere).  Last, as a fallback,
+# NVIDIA's pip wheels of the machine's python3 (e.g. PyTorch's nvidia-*).
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \\
          /usr/local/cuda-13.0/targets/x86_64-linux/lib; do
   [ -d "$d" ] && CUDA_DIRS="${CUDA_DIRS:+$CUDA_DIRS:}$d"
 done
-export LD_LIBRARY_PATH="$DEEPCONTEXT_BUNDLE/lib${CUDA_DIRS:+:$CUDA_DIRS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+WHEEL_DIRS=$(PYTHONHOME= PYTHONPATH= python3 -c "import glob, site
+print(':'.join(d for s in site.getsitepackages()
+               for d in sorted(glob.glob(s + '/nvidia/*/lib'))))" 2>/dev/null)
+export LD_LIBRARY_PATH="$DEEPCONTEXT_BUNDLE/lib${CUDA_DIRS:+:$CUDA_DIRS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}${WHEEL_DIRS:+:$WHEEL_DIRS}"
 export PATH="$DEEPCONTEXT_BUNDLE/bin:$PATH"
 '''
 

@@ -151,11 +151,12 @@ def test_netspec_sgd_snapshot_restore_bit_identical(tmp_path):
 
 # ---- the CUDA variant's GPU targets (caffe_ext/build.py; no GPU needed) ----
 
-def load_build_py():
+def load_build_py(name='build'):
+    """caffe_ext/<name>.py as a module (caffe_ext is not a package)."""
     import importlib.util
     path = os.path.join(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))), 'caffe_ext', 'build.py')
-    spec = importlib.util.spec_from_file_location('caffe_ext_build', path)
+        os.path.abspath(__file__))), 'caffe_ext', name + '.py')
+    spec = importlib.util.spec_from_file_location('caffe_ext_' + name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -275,6 +276,37 @@ def test_install_into_a_venv_cpu_and_cuda_build_info(tmp_path):
     assert rpath(site / 'caffe' / '_caffe.so') == \
         '$ORIGIN:$ORIGIN/../nvidia/cu13/lib:/usr/local/cuda/lib64'
     assert 'cpu_only: no' in (site / 'caffe' / 'BUILD_INFO').read_text()
+
+
+def test_bundle_takes_cuda_cudnn_and_nccl_from_the_machine(tmp_path):
+    """The GPU bundle leaves out CUDA's, cuDNN's and NCCL's libraries
+    (libnccl.so.2 alone is 344 MB); env.sh finds them in the CUDA folders,
+    LD_LIBRARY_PATH and, last, the NVIDIA wheels of the machine's python3
+    (a venv with nvidia/*/lib folders stands for PyTorch's here)."""
+    bundle = load_build_py('bundle')
+    for name in ('libcudart.so.13', 'libcublasLt.so.13', 'libcudnn.so.9',
+                 'libnccl.so.2'):
+        assert bundle.SYSTEM.match(name), name
+    assert not bundle.SYSTEM.match('libglog.so.1')
+    (tmp_path / 'env.sh').write_text(bundle.ENV_SH)
+    machine = tmp_path / 'machine'
+    subprocess.run([sys.executable, '-m', 'venv', '--without-pip',
+                    str(machine)], check=True)
+    site = subprocess.run([str(machine / 'bin' / 'python3'), '-c',
+                           'import site; print(site.getsitepackages()[0])'],
+                          capture_output=True, text=True,
+                          check=True).stdout.strip()
+    wheels = [os.path.join(site, 'nvidia', n, 'lib') for n in ('cu13', 'nccl')]
+    for d in wheels:
+        os.makedirs(d)
+    env = dict(os.environ, LD_LIBRARY_PATH='/opt/mine',
+               PATH='%s:%s' % (machine / 'bin', os.environ['PATH']))
+    r = subprocess.run(['bash', '-c', 'source env.sh; echo $LD_LIBRARY_PATH'],
+                       cwd=tmp_path, env=env, capture_output=True, text=True,
+                       check=True)
+    dirs = r.stdout.strip().split(':')
+    assert dirs[0] == str(tmp_path / 'lib')
+    assert dirs[-3:] == ['/opt/mine'] + wheels, dirs
 
 
 def test_make_demo_says_how_to_use_a_visible_gpu():
