@@ -16,6 +16,6 @@ root=$(cat "${DEEPCONTEXT_CACHE:-$HOME/.cache/deepcontext}/caffe-cuda-latest")
 lib=$root/install/lib/libcaffe.so.1.0.0
 echo "CUDA build: $root ($(( $(date +%s) - t0 )) s this run)"
 echo "libcaffe: $(du -h "$lib" | cut -f1), links:"
-ldd "$lib" | grep -E 'cud|cublas|curand' | sed 's/ (0x.*//'
+ldd "$lib" | grep -E 'cud|cublas|curand|nccl' | sed 's/ (0x.*//'
 echo "GPU code: $(.venv/bin/python -c "import sys; sys.path.insert(0, 'caffe_ext'); import build; print(' '.join(build.fatbin_targets(sys.argv[1])))" "$lib")," \
      "cuDNN engine: $(grep -c cudnn "$root/build/CMakeCache.txt" | tr -d ' ') cache entries"

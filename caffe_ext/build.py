@@ -516,8 +516,8 @@ def build(root, orig, deb, options, py, jobs, tests, extra_cmake=(),
         log('configuring (cmake); full log in %s' % logf.name)
         run_logged(cmake, bld, logf)
         log('compiling libcaffe, tools and pycaffe with %d jobs '
-            '(on 2 cores: about 6 minutes; with CUDA about 20 for '
-            'one GPU target, longer with each further target)' % jobs)
+            '(on 2 cores: about 6 minutes; with CUDA about 6 for one '
+            'GPU target, 12 for every target)' % jobs)
         run_logged(['make', '-j%d' % jobs, 'all'], bld, logf, progress=True)
         if tests:
             log('compiling Caffe\'s C++ test suite (on 2 cores: about 3 '
