@@ -15,6 +15,13 @@ B=/tmp/dcb
 if [ ! -x $B/deepcontext-gpu/bin/python ]; then
   mkdir -p $B && tar xJf dist/deepcontext-gpu.tar.xz -C $B || exit 1
 fi
+# The working tree comes first on PYTHONPATH (cpy), but its loader kernels
+# (deepcontext/data/_patchops.so, a build output) do not travel with it:
+# take the bundle's, built here from the same source.
+so=deepcontext/data/_patchops.so
+cmp -s deepcontext/data/_patchops.c $B/deepcontext-gpu/site-packages/${so%.so}.c \
+  || { echo "the bundle's _patchops.c differs from the tree's: make gpu-bundle again"; exit 1; }
+[ -f $so ] || cp $B/deepcontext-gpu/site-packages/$so $so || exit 1
 export PYTHONUNBUFFERED=1
 cpy() { ( source $B/deepcontext-gpu/env.sh; export PYTHONPATH=${PYTHONPATH_PRE:+$PYTHONPATH_PRE:}$PWD:$PYTHONPATH; "$B/deepcontext-gpu/python/bin/python3.11" "$@" ); }
 # pytest for the bundle's Python, from the carried wheels, on tests/test_gpu.py
@@ -62,7 +69,7 @@ for step in "$@"; do
         c=$(CAFFE_TF32=$tf cpy bench/gpu_step.py | grep -o 'patches_per_s=[0-9]*' | cut -d= -f2)
         python3 -c "print('ratio $mode: caffe %s patches/s, torch %s patches/s, %.2fx' % ($c, $t, $c / $t))"
       done ;;
-    loader) cpy bench/loader_throughput.py --images gpudata/photos --workers 15 --batches 60 ;;
+    loader) cpy bench/loader_throughput.py --images gpudata/photos --workers ${LOADER_WORKERS:-15} --batches ${LOADER_BATCHES:-60} ;;
     e2e) cpy bench/gpu_train.py --images gpudata/photos --iters ${ITERS:-600} ;;
     e2etf32) cpy bench/gpu_train.py --images gpudata/photos --iters 600 --tf32 ;;
     learning) # issue 14: does a run learn? ~8 minutes at batch 512, measured
