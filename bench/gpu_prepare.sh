@@ -5,6 +5,7 @@
 #   gpudata/test.testbin          Caffe's C++ tests of the CUDA build, stripped
 #   gpudata/photos/{train,held}/  the embedded demo photos, at most 500 px a side,
 #                                 on the sides of photos.py's fixed split
+#   gpudata/categories/           GCompris's 140 labelled pictures (5 classes)
 #   gpudata/whl/                  pytest wheels for the bundle's Python 3.11
 #   shared_bench/                 a copy of ../shared/bench (the PyTorch reference)
 # gpudata/ and shared_bench/ are build outputs: keep them out of git
@@ -23,6 +24,7 @@ cp "$root/build/test/test.testbin" gpudata/test.testbin
 strip gpudata/test.testbin
 $PY - <<'EOF'
 import os
+import shutil
 from PIL import Image
 from deepcontext.data import photos
 held = set(photos.held_out_photos())
@@ -36,6 +38,10 @@ for i, path in enumerate(photos.demo_photos()):
         im.save(out, quality=92)
 print('gpudata/photos: %d train, %d held out'
       % tuple(len(os.listdir('gpudata/photos/' + s)) for s in ('train', 'held')))
+# the learning step's category retrieval: GCompris's labelled pictures
+from deepcontext.data import debian_photos
+if not os.path.isdir('gpudata/categories'):
+    shutil.copytree(debian_photos.gcompris_categories(), 'gpudata/categories')
 EOF
 $PY -m pip download -q --no-deps --only-binary=:all: -d gpudata/whl \
     pytest==8.2.2 'pluggy>=1.5,<2' iniconfig packaging

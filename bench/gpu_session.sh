@@ -77,7 +77,8 @@ for step in "$@"; do
       cpy bench/learning.py --gpu 0 --workers 15 --batch-size 512 \
         --base-lr 1e-5 --momentum 0.9 --iters ${LEARN_ITERS:-12000} \
         --every ${LEARN_EVERY:-2000} --images gpudata/photos/train \
-        --held-out gpudata/photos/held --out $OUT/learning ;;
+        --held-out gpudata/photos/held --categories gpudata/categories \
+        --out $OUT/learning ;;
     *) echo "unknown step $step" ;;
   esac
 done

@@ -19,7 +19,9 @@ on the held-out photos (``photos.held_out_photos``):
   its class, against chance (a random neighbour's).
 
 ``--measure-only`` measures the snapshots of an earlier run in ``--out``
-without training.
+without training; ``--replot`` only redraws learning.png from the
+learning.json in ``--out`` (where a run was measured on a machine without
+matplotlib, such as the GPU bundle's Python).
 
 Prints one line per checkpoint and writes learning.json and learning.png
 into ``--out``.  A short CPU run: ``--iters 200 --every 50`` (see
@@ -45,7 +47,6 @@ import numpy as np  # noqa: E402
 from deepcontext.data import debian_photos, labelled_folder  # noqa: E402
 from deepcontext.data import photos  # noqa: E402
 from deepcontext.eval import features, logparse, neighbours  # noqa: E402
-from deepcontext.eval import plots  # noqa: E402
 from deepcontext.eval import pretext, toolcheck  # noqa: E402
 from deepcontext.model import pycaffe  # noqa: E402
 from deepcontext.train import snapshots  # noqa: E402
@@ -79,6 +80,8 @@ def parse_args():
                         "GCompris's categories; 'none' to skip)")
     p.add_argument('--measure-only', action='store_true',
                    help='measure the snapshots already in --out')
+    p.add_argument('--replot', action='store_true',
+                   help='redraw learning.png from --out/learning.json')
     return p.parse_args()
 
 
@@ -86,14 +89,17 @@ def train(args):
     """Run train.py to --iters; return (run folder, seconds)."""
     os.makedirs(args.out, exist_ok=True)
     cfg = os.path.join(args.out, 'deepcontext_config.py')
-    settings = dict(out_dir=args.out, batch_size=args.batch_size,
+    settings = dict(out_dir=os.path.abspath(args.out),
+                    batch_size=args.batch_size,
                     snapshot_every=args.every, stats_every=10,
                     loader_workers=args.workers, queue_size=2,
                     base_lr=args.base_lr, momentum=args.momentum,
                     resume='yes')
     if args.gpu is not None:
         settings['gpu'] = args.gpu
-    images = ('images = %r\n' % (args.images,) if args.images else
+    # train.py runs in --out: the config names folders absolutely
+    images = ('images = %r\n' % ([os.path.abspath(p) for p in args.images],)
+              if args.images else
               'from deepcontext.data import photos as _photos\n'
               'images = _photos.train_photos()\n')
     with open(cfg, 'w') as f:
@@ -159,13 +165,27 @@ def measure(outdir, iteration, held, patches, owner, categories):
                 category_precision(net, *categories))}
 
 
+def draw(out, rows, chance_retrieval, chance_category=None):
+    """learning.png in ``out``; False (and a line) without matplotlib."""
+    try:
+        from deepcontext.eval import plots
+    except ImportError as e:
+        print('learning.png not drawn (%s): bench/learning.py --replot --out '
+              'DIR draws it from learning.json where matplotlib is' % e)
+        return False
+    plots.save(figure(rows, chance_retrieval, chance_category),
+               os.path.join(out, 'learning.png'))
+    return True
+
+
 def figure(rows, chance_retrieval, chance_category=None):
+    from deepcontext.eval import plots      # matplotlib: see draw
     it = [r['iteration'] for r in rows]
     series = {'pretext accuracy': (
         [100 * r['pretext_accuracy'] for r in rows], None),
         'fc6 same-photo precision': (
         [100 * r['fc6_same_photo_precision'] for r in rows], None)}
-    if rows[0]['relu5_category_precision'] is not None:
+    if rows[0].get('relu5_category_precision') is not None:
         series['relu5 category precision'] = (
             [100 * r['relu5_category_precision'] for r in rows], None)
     return plots.curves_figure(
@@ -184,6 +204,14 @@ def figure(rows, chance_retrieval, chance_category=None):
 
 def main():
     args = parse_args()
+    if args.replot:
+        with open(os.path.join(args.out, 'learning.json')) as f:
+            run = json.load(f)
+        if not draw(args.out, run['rows'], run['retrieval_chance'],
+                    run.get('category_chance')):
+            sys.exit(1)
+        print('wrote %s/learning.png' % args.out)
+        return
     if args.measure_only:
         outdir, seconds, stopped = (os.path.join(args.out, 'train_out'),
                                     None, None)
@@ -225,9 +253,9 @@ def main():
                        held_out_photos=len(held), stopped=stopped,
                        retrieval_chance=chance,
                        category_chance=cat_chance, rows=rows), f, indent=1)
-    plots.save(figure(rows, chance, cat_chance),
-               os.path.join(args.out, 'learning.png'))
-    print('wrote %s/learning.json and learning.png' % args.out)
+    drawn = draw(args.out, rows, chance, cat_chance)
+    print('wrote %s/learning.json%s'
+          % (args.out, ' and learning.png' if drawn else ''))
 
 
 if __name__ == '__main__':
