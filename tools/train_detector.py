@@ -60,11 +60,11 @@ def main():
         records = voc.load(args.voc, args.image_set, args.proposals)
     except voc.VocError as e:
         sys.exit('train_detector: %s' % e)
-    os.makedirs(out, exist_ok=True)
     try:
         pycaffe.set_mode(args.gpu)
     except pycaffe.NoGPU as e:
         sys.exit('train_detector: %s' % e)
+    os.makedirs(out, exist_ok=True)
     caffe.set_random_seed(args.seed)
     s = caffe_pb2.SolverParameter()
     with open(files['solver.prototxt']) as f:
