@@ -14,6 +14,8 @@ import caffe
 from caffe import layers as L
 from caffe.proto import caffe_pb2
 
+from deepcontext.model import pycaffe
+
 CAFFE_DIR = os.path.dirname(caffe.__file__)
 
 
@@ -49,9 +51,14 @@ def test_caffe_python_unit_tests(tmp_path):
     shutil.copytree(os.path.join(CAFFE_DIR, 'test'), suite)
     for name in ('models', 'examples'):
         os.symlink(os.path.join(src, name), tmp_path / name)
+    # The CUDA variant is built without HDF5 (docs/gpu.md): Caffe aborts
+    # on save_hdf5 there by design.
+    skip = ([] if pycaffe.cpu_only() else
+            ['--deselect',
+             'python/caffe/test/test_net.py::TestNet::test_save_hdf5'])
     r = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p',
                         'no:cacheprovider', '-W', 'ignore::DeprecationWarning',
-                        str(suite)], cwd=tmp_path,
+                        str(suite)] + skip, cwd=tmp_path,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert re.search(r'\b5\d passed', r.stdout), r.stdout[-500:]
@@ -241,6 +248,9 @@ def test_make_passes_the_variant_to_build_py():
             (args, line)
 
 
+@pytest.mark.skipif(not pycaffe.cpu_only(),
+                    reason="installs the venv's build as a CPU one: "
+                           'needs the CPU build')
 def test_install_into_a_venv_cpu_and_cuda_build_info(tmp_path):
     """install_into_site into a temporary site and bin folder, from our
     cached CPU build: BUILD_INFO, run paths, an importable pycaffe; then
