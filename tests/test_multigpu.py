@@ -25,6 +25,7 @@ from conftest import (PAUSED_RUN, TRAIN, processes_with, run_driver,
                       write_config)
 from deepcontext import config as dc_config
 from deepcontext.data.loader import child_pids
+from deepcontext.model import pycaffe
 from deepcontext.train import multigpu as mg
 from deepcontext.train import snapshots, trainer
 
@@ -239,13 +240,18 @@ def test_loader_seeds_of_each_rank(tmp_path):
 
 
 def test_gpus_config_refusals(tmp_path):
+    # no GPU for the last case: the CPU-only build refuses gpus; the CUDA
+    # one finds no device under CUDA_VISIBLE_DEVICES='' (before any rank)
+    no_gpu = ('CPU-only build' if pycaffe.cpu_only() else
+              'gpus=[0, 1] requested, but GPU 0: no ')
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES='')
     for extra, says in ((dict(gpu=0, gpus=[0, 1]), "set 'gpu' or 'gpus'"),
                         (dict(gpus=[0, 0]), 'lists a device twice'),
-                        (dict(gpus=[0, 1]), 'CPU-only build')):
+                        (dict(gpus=[0, 1]), no_gpu)):
         cfg = write_config(tmp_path, **extra)
         r = subprocess.run([sys.executable, TRAIN, '--config', cfg],
                            cwd=tmp_path, capture_output=True, text=True,
-                           timeout=120)
+                           timeout=120, env=env)
         assert r.returncode == 1, r.stderr[-2000:]
         assert r.stderr.count('\n') == 1 and says in r.stderr, r.stderr
         assert 'Traceback' not in r.stderr

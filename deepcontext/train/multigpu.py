@@ -64,6 +64,29 @@ def has_nccl():
     return bool(getattr(caffe, 'has_nccl', lambda: False)())
 
 
+def gpus_unusable(gpus):
+    """Why one of ``gpus`` cannot be used ('GPU 1: ...'), or None.
+
+    Asked in a child process: pycaffe.gpu_unusable initialises CUDA, and
+    the launcher must not, since the ranks it forks afterwards use CUDA.
+    """
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:        # the child: one answer down the pipe, then gone
+        try:
+            os.close(read)
+            reasons = ['GPU %d: %s' % (g, pycaffe.gpu_unusable(g))
+                       for g in gpus if pycaffe.gpu_unusable(g)]
+            os.write(write, (reasons[0] if reasons else '').encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, 'rb') as f:
+        why = f.read().decode()
+    os.waitpid(pid, 0)
+    return why or None
+
+
 class GroupError(RuntimeError):
     """A rank died or failed: the group was stopped."""
 

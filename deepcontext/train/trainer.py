@@ -699,6 +699,10 @@ def check_group(cfg, exp_name='train', stand_in=False):
                 'gpus=%r requested, but this pycaffe was built without NCCL: '
                 'a build without NCCL cannot train on several GPUs '
                 '(docs/gpu.md)' % (cfg.gpus,))
+        why = multigpu.gpus_unusable(cfg.gpus)
+        if why:
+            raise dc_config.ConfigError('gpus=%r requested, but %s'
+                                        % (cfg.gpus, why))
     parent = os.path.abspath(cfg.out_dir)
     if not os.path.isdir(parent):
         raise dc_config.ConfigError('out_dir %s does not exist' % parent)
