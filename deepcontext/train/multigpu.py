@@ -75,9 +75,11 @@ def gpus_unusable(gpus):
     if pid == 0:        # the child: one answer down the pipe, then gone
         try:
             os.close(read)
-            reasons = ['GPU %d: %s' % (g, pycaffe.gpu_unusable(g))
-                       for g in gpus if pycaffe.gpu_unusable(g)]
-            os.write(write, (reasons[0] if reasons else '').encode())
+            for gpu in gpus:
+                why = pycaffe.gpu_unusable(gpu)
+                if why:
+                    os.write(write, ('GPU %d: %s' % (gpu, why)).encode())
+                    break
         finally:
             os._exit(0)
     os.close(write)
