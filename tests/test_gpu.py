@@ -26,12 +26,11 @@ from deepcontext.model.pycaffe import cpu_only as caffe_cpu_only  # noqa: E402
 def _gpu_available():
     if caffe_cpu_only():
         return False
-    rt = gpufeed.load_cudart()
+    rt = pycaffe.cudart()
     if rt is None:
         return False
-    import ctypes
-    n = ctypes.c_int(0)
-    return rt.cudaGetDeviceCount(ctypes.byref(n)) == 0 and n.value > 0
+    count, err = pycaffe.cuda_device_count(rt)
+    return err == 0 and count > 0
 
 
 pytestmark = pytest.mark.skipif(not _gpu_available(),
@@ -294,18 +293,16 @@ def test_one_nccl_rank_trains_as_the_plain_gpu_solver(tmp_path):
 def test_a_gpu_id_past_the_last_is_one_line(tmp_path):
     """gpu = N on a machine showing N devices: one line and status 1 from
     train.py, where Caffe would abort ('invalid device ordinal')."""
-    import ctypes
     from conftest import TRAIN
-    n = ctypes.c_int(0)
-    gpufeed.load_cudart().cudaGetDeviceCount(ctypes.byref(n))
+    n, _ = pycaffe.cuda_device_count()
     cfg = tmp_path / 'config.py'    # photos(): the bundle has no skimage
     cfg.write_text('out_dir = %r\nimages = %r\ngpu = %d\n'
-                   % (str(tmp_path), photos(), n.value))
+                   % (str(tmp_path), photos(), n))
     r = subprocess.run([sys.executable, TRAIN, '--config', str(cfg)],
                        cwd=tmp_path, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 1, r.stderr
     assert r.stderr.strip().startswith(
         'deepcontext: gpu=%d requested, but this machine shows %d CUDA '
-        'device' % (n.value, n.value)), r.stderr
+        'device' % (n, n)), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -4,7 +4,7 @@ What goes through here: writing inputs into a net (:func:`set_data`,
 :func:`set_blobs`, :func:`set_inputs`), building a net from a
 ``NetParameter`` or prototxt (:func:`net_from_param`,
 :func:`read_netparam`), the device (:func:`set_mode`, :func:`cpu_only`,
-:func:`gpu_unusable`, :func:`cudart`)
+:func:`gpu_unusable`, :func:`cuda_device_count`, :func:`cudart`)
 and every private pycaffe call (``_forward``, ``_backward``,
 ``_layer_names``, ``_gpu_data_ptr``).  Weights are read and written through
 pycaffe's public ``net.params[name][i].data``, and outputs read from
@@ -61,8 +61,7 @@ def gpu_unusable(gpu):
     rt = cudart()
     if rt is None:
         return 'the CUDA runtime (libcudart) cannot be loaded'
-    count = ctypes.c_int(0)
-    err = rt.cudaGetDeviceCount(ctypes.byref(count))
+    count, err = cuda_device_count(rt)
     visible = os.environ.get('CUDA_VISIBLE_DEVICES')
     shown = '' if visible is None else ' (CUDA_VISIBLE_DEVICES=%r)' % visible
     if err == CUDA_ERROR_INSUFFICIENT_DRIVER:
@@ -76,17 +75,25 @@ def gpu_unusable(gpu):
         return ('the NVIDIA driver supports CUDA up to %s; this build needs '
                 'CUDA %s: update the driver' % (_cuda_version(driver.value),
                                                 _cuda_version(runtime.value)))
-    if err == CUDA_ERROR_NO_DEVICE or (err == 0 and count.value == 0):
+    if err == CUDA_ERROR_NO_DEVICE or (err == 0 and count == 0):
         return 'no CUDA device is visible' + shown
     if err:
         return 'CUDA cannot count the devices: %s' % (
             rt.cudaGetErrorString(err).decode())
-    if gpu >= count.value:
-        n = count.value
+    if gpu >= count:
         return 'this machine shows %d CUDA device%s (%s)%s' % (
-            n, '' if n == 1 else 's', '0' if n == 1 else '0-%d' % (n - 1),
-            shown)
+            count, '' if count == 1 else 's',
+            '0' if count == 1 else '0-%d' % (count - 1), shown)
     return None
+
+
+def cuda_device_count(rt=None):
+    """(devices the CUDA runtime ``rt`` sees, its error code): cudart's
+    cudaGetDeviceCount.  ``rt`` defaults to :func:`cudart`'s, which must
+    exist (a CUDA build)."""
+    count = ctypes.c_int(0)
+    err = (rt or cudart()).cudaGetDeviceCount(ctypes.byref(count))
+    return count.value, err
 
 
 def cudart():
