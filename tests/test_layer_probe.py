@@ -32,6 +32,61 @@ def test_pool_grid_gives_the_published_dimensions():
     assert layer_probe.pool_to_target(small).shape == (2, 96 * 16)
 
 
+def _torch_avg_pool(maps, k, s, p):
+    """Independent: PyTorch's AvgPool2d, one window at a time."""
+    n, c, h, w = maps.shape
+    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    out = np.zeros((n, c, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            y0, x0 = i * s - p, j * s - p
+            ys = slice(max(y0, 0), min(y0 + k, h))
+            xs = slice(max(x0, 0), min(x0 + k, w))
+            out[:, :, i, j] = maps[:, :, ys, xs].sum(axis=(2, 3)) / (k * k)
+    return out
+
+
+def test_deepcluster_pooling_against_a_window_loop():
+    rs = np.random.RandomState(0)
+    for name, (k, s, p) in layer_probe.DEEPCLUSTER_POOL.items():
+        maps = rs.rand(2, 3, 13 + k, 11 + k).astype(np.float32)
+        assert np.allclose(layer_probe.avg_pool(maps, k, s, p),
+                           _torch_avg_pool(maps, k, s, p), atol=1e-6)
+    # DeepCluster's AlexNet maps at 224 (55, 27, 13) give the published
+    # sizes; ours at 224 (56, 28, 14) and at 216 (54, 27, 13).
+    def dims(sides):
+        return [layer_probe.pool_layer(
+            name, np.zeros((1, c, n, n), np.float32)).shape[1]
+            for name, c, n in zip(layer_probe.LAYERS, (96, 256, 384, 384,
+                                                       256), sides)]
+    assert dims((55, 27, 13, 13, 13)) == [9600, 9216, 9600, 9600, 9216]
+    assert dims((56, 28, 14, 14, 14)) == [9600, 12544, 9600, 9600, 12544]
+    assert dims((54, 27, 13, 13, 13)) == [9600, 9216, 9600, 9600, 9216]
+    # A 1-pixel map with padding 3 and kernel 6: the padding zeros count.
+    one = np.ones((1, 1, 1, 1), np.float32)
+    assert layer_probe.avg_pool(one, 6, 6, 3)[0, 0, 0, 0] == \
+        pytest.approx(1 / 36.)
+
+
+def test_zhang_bilinear_resize_by_hand():
+    maps = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    # 4 -> 2 sampling at cell centres (source 0.5 and 2.5): 2x2 means.
+    assert layer_probe.bilinear_resize(maps, 2).tolist() == \
+        [[[[2.5, 4.5], [10.5, 12.5]]]]
+    # Upsizing a constant map keeps it; sides 10/6/5/5/6 whatever the map.
+    assert np.allclose(layer_probe.bilinear_resize(
+        np.full((1, 2, 3, 3), 7, np.float32), 5), 7)
+    sides = [layer_probe.pool_layer(name, np.ones((1, 1, 13, 13)),
+                                    'zhang').shape[1]
+             for name in layer_probe.LAYERS]
+    assert sides == [100, 36, 25, 25, 36]
+    # Other layers, and the old rule: the grid means.
+    assert layer_probe.pool_layer('pool5', np.ones((1, 256, 6, 6)),
+                                  'zhang').shape == (1, 256 * 6 * 6)
+    with pytest.raises(ValueError, match='pooling'):
+        layer_probe.pool_layer('relu1', maps, 'max')
+
+
 def _probe_on(tmp_path, x, y, seed=0):
     path = str(tmp_path / 'relu1.npy')
     np.save(path, x.astype(np.float32))
@@ -103,9 +158,10 @@ def test_probe_layers_tool(bn_snapshot, tmp_path):
             r = res['results'][tag][layer]
             assert 0 <= r['accuracy'] <= 1 and r['test'] == 6
         x = np.load(str(out / 'features' / tag / 'relu1.npy'))
-        assert x.shape == (12, 9600) and np.isfinite(x).all()
-    # conv5 at side 96 is a 6x6 map: grid 6 -> 9216 dimensions.
-    assert res['results']['random']['relu5']['dim'] == 9216
+        # conv1 at side 96 is 24x24: DeepCluster's 6/6/3 pooling -> 5x5.
+        assert x.shape == (12, 5 * 5 * 96) and np.isfinite(x).all()
+    # conv5 at side 96 is a 6x6 map: 2/2 pooling -> 3x3x256.
+    assert res['results']['random']['relu5']['dim'] == 2304
     assert 'ETA' in log and 'conv5' in log
 
 

@@ -114,3 +114,31 @@ def test_lowshot_tool_on_voc(tmp_path):
     # cat has no test positive: no AP; chair has 4 trainval positives.
     assert r['ap_mean'][voc_labels.CLASSES.index('cat')] is None
     assert 0 <= r['map_mean'] <= 1 and res['test'] == 12
+
+
+def test_reference_cost_grid_and_test_set_pick():
+    # svm_helper.parse_cost_list: 1e-7 .. 100 and 0.5^4 .. 0.5^19.
+    grid = lowshot.REFERENCE_COSTS
+    assert len(grid) == 26 and grid[0] == 1e-7 and grid[-1] == 100.0
+    assert 0.5 ** 19 in grid and 0.5 ** 4 in grid and 0.5 ** 20 not in grid
+    rs = np.random.RandomState(2)
+    y = np.repeat(np.arange(3), 30)
+    x = np.eye(3)[y] + rs.randn(90, 3) * 0.8
+    labels = metrics.one_hot_targets(y, 3)
+    costs = (1e-4, 1e-2, 1.0)
+    res = lowshot.lowshot_svm(x[::2], labels[::2], x[1::2], labels[1::2],
+                              ks=(2,), draws=3, costs=costs,
+                              report=lambda s: None)['2']
+    # One cost for the k: the best mean test mAP over the draws.
+    per_cost = res['map_per_cost']
+    assert res['costs'] == max(costs, key=lambda c: per_cost[repr(c)])
+    assert res['map_mean'] == pytest.approx(max(per_cost.values()))
+    assert res['map_mean'] == pytest.approx(np.mean(res['maps']))
+    cv = lowshot.lowshot_svm(x[::2], labels[::2], x[1::2], labels[1::2],
+                             ks=(2,), draws=3, costs=costs, selection='cv',
+                             report=lambda s: None)['2']
+    # Ours picks per class and draw, from the training sample only.
+    assert len(cv['costs']) == 3 and len(cv['costs'][0]) == 3
+    assert set(np.ravel(cv['costs'])) <= set(costs)
+    with pytest.raises(ValueError, match='selection'):
+        lowshot.lowshot_svm(x, labels, x, labels, selection='val')

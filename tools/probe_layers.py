@@ -6,9 +6,10 @@
 --images is a labelled set: a folder in ImageFolder layout (CLASS/xxx.jpg,
 as ImageNet's and Places' train/) or a list file of "PATH LABEL" lines.
 Without --test-images, a fixed stratified split of it is the test set.
-Each layer's output is average-pooled to about 9,000 dimensions and
-streamed to .npy files; a multinomial logistic regression is trained per
-layer.  Writes probe_layers.json and probe_layers.png (top-1 per layer).
+Each layer's output is pooled (--pooling deepcluster: DeepCluster's
+AvgPool settings, the default; zhang: Zhang et al.'s bilinear resize to
+10/6/5/5/6; grid: ours) and streamed to .npy files; a multinomial
+logistic regression is trained per layer.  Writes probe_layers.json and probe_layers.png (top-1 per layer).
 """
 import argparse
 import os
@@ -29,6 +30,10 @@ def parse_args():
     p.add_argument('--per-class', type=int, default=None,
                    help='use at most N images per class (before the split)')
     p.add_argument('--layers', nargs='+', default=list(layer_probe.LAYERS))
+    p.add_argument('--pooling', choices=layer_probe.POOLINGS,
+                   default=layer_probe.POOLINGS[0],
+                   help='deepcluster (AvgPool 6/6/3, 4/4, 3/3/1, 3/3/1, '
+                   '2/2), zhang (bilinear to 10/6/5/5/6) or grid (ours)')
     p.add_argument('--side', type=int, default=224,
                    help='images are resized to side x side')
     p.add_argument('--batch-size', type=int, default=16)
@@ -54,7 +59,8 @@ def main():
         r = layer_probe.probe_layers(
             net, paths, labels, train, test, args.layers, args.side,
             args.batch_size, args.seed, folder,
-            progress=toolargs.eta_progress('%s features' % tag))
+            progress=toolargs.eta_progress('%s features' % tag),
+            pooling=args.pooling)
         r['bn_mode'] = bn_mode
         results[tag] = r
     majority = results[tag][args.layers[0]]['majority_baseline']

@@ -1,22 +1,39 @@
 """Linear probes on frozen conv1 .. conv5 (Zhang, Isola & Efros 2017).
 
 The protocol of the self-supervision tables: each conv layer's output
-(after its ReLU, and its BatchNorm where it has one) is average-pooled over
-a grid chosen so that the vector has about 9,000 dimensions, and a
-multinomial logistic regression is trained on it; top-1 accuracy per layer.
-With 9,000 as the target, ``round(sqrt(9000 / channels))`` gives the grids of
-the published setup: conv1 10x10x96 = 9,600, conv2 6x6x256 = 9,216, conv3
-and conv4 5x5x384 = 9,600, conv5 6x6x256 = 9,216.
+(after its ReLU, and its BatchNorm where it has one) is pooled to about
+9,000 dimensions and a multinomial logistic regression is trained on it;
+top-1 accuracy per layer.  Three poolings (``POOLINGS``):
+
+* ``'deepcluster'`` (default): DeepCluster's ``eval_linear.py``
+  (``RegLog``): average pooling, kernel / stride / padding 6/6/3 on conv1,
+  4/4/0 on conv2, 3/3/1 on conv3 and conv4, 2/2/0 on conv5, as PyTorch's
+  ``AvgPool2d`` computes it (output floor((H + 2p - k) / s) + 1, zeros of
+  the padding counted in the mean).  On DeepCluster's AlexNet at 224
+  (maps 55, 27, 13, 13, 13) that is 10x10x96 = 9,600, 6x6x256 = 9,216,
+  5x5x384 = 9,600 twice, 6x6x256 = 9,216.  Our tower (conv1 padded by 5,
+  as the original) gives maps of 56, 28, 14, 14, 14 at 224, so conv2 and
+  conv5 pool to 7x7 (12,544); at ``side`` 216 (maps 54, 27, 13) every
+  layer has the published size.
+* ``'zhang'``: Zhang et al.'s ``feature_learning_tests/linear/
+  train_val.prototxt``: each map resized bilinearly (their ``Resize``
+  layer) to 10x10, 6x6, 5x5, 5x5 and 6x6, whatever its size.  Our
+  bilinear samples at cell centres; their layer's exact sampling grid is
+  not in their repository.
+* ``'grid'`` (ours, earlier): non-overlapping mean over a g x g grid,
+  g = round(sqrt(9000 / channels)) (``features.grid_pool``), clipped to
+  the map.
+
+Other layers (pool5, ...) are pooled with ``'grid'``.
 
 Differences from the papers' probes, all for a CPU toolkit:
 
-* Pooling cells do not overlap (``features.grid_pool`` with ``'mean'``);
-  Zhang et al. used Caffe average pooling with overlapping windows.  A map
-  smaller than its grid (small ``side``) is pooled on a grid of its size.
 * The classifier is ``probe.linear_probe`` (L-BFGS on the whole training
   set, L2 weight chosen on a validation part), not SGD with a schedule over
-  ImageNet.  One layer's features are in memory at a time; the features
-  are streamed to ``.npy`` files while the images go through the net.
+  ImageNet; ``probe.streaming_probe`` is the SGD one, with memory that does
+  not grow with the set.  One layer's features are in memory at a time;
+  the features are streamed to ``.npy`` files while the images go through
+  the net.
 * Inputs are the toolkit's grey, RMS-normalised images
   (``features.prep_eval``), resized to ``side`` x ``side``, no crops.
 """
@@ -31,6 +48,13 @@ from deepcontext.eval import features, plots, probe
 LAYERS = ('relu1', 'relu2', 'relu3', 'relu4', 'relu5')
 TABLE_NAMES = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
 TARGET_DIM = 9000
+POOLINGS = ('deepcluster', 'zhang', 'grid')
+# eval_linear.py's RegLog: (kernel, stride, padding) per probed layer.
+DEEPCLUSTER_POOL = {'relu1': (6, 6, 3), 'relu2': (4, 4, 0),
+                    'relu3': (3, 3, 1), 'relu4': (3, 3, 1),
+                    'relu5': (2, 2, 0)}
+# Zhang et al.'s linear train_val.prototxt: the Resize layers' sides.
+ZHANG_SIDE = {'relu1': 10, 'relu2': 6, 'relu3': 5, 'relu4': 5, 'relu5': 6}
 # Published top-1 (%) of context prediction (Doersch et al.) under this
 # protocol, conv1 .. conv5 (Zhang, Isola & Efros 2017, split-brain paper).
 PAPER_IMAGENET = (16.2, 23.3, 30.2, 31.7, 29.6)
@@ -53,16 +77,79 @@ def pool_to_target(maps, target=TARGET_DIM):
     return features.grid_pool(maps, min(pool_grid(c, target), h, w), 'mean')
 
 
+def avg_pool(maps, kernel, stride, pad):
+    """PyTorch's AvgPool2d(kernel, stride, pad) of (N, C, H, W) maps.
+
+    Output side floor((H + 2 pad - kernel) / stride) + 1; every window is
+    divided by kernel^2, padding zeros included (``count_include_pad``).
+    """
+    n, c, h, w = maps.shape
+    padded = np.pad(np.asarray(maps, dtype=np.float64),
+                    ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    oh = (h + 2 * pad - kernel) // stride + 1
+    ow = (w + 2 * pad - kernel) // stride + 1
+    out = np.zeros((n, c, oh, ow))
+    for dy in range(kernel):
+        for dx in range(kernel):
+            out += padded[:, :, dy:dy + stride * oh:stride,
+                          dx:dx + stride * ow:stride]
+    return (out / (kernel * kernel)).astype(np.float32)
+
+
+def _bilinear_matrix(size, out):
+    """(out, size) weights of a bilinear resize sampling at cell centres."""
+    src = np.clip((np.arange(out) + 0.5) * size / float(out) - 0.5,
+                  0, size - 1)
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, size - 1)
+    frac = src - lo
+    m = np.zeros((out, size))
+    m[np.arange(out), lo] += 1 - frac
+    m[np.arange(out), hi] += frac
+    return m
+
+
+def bilinear_resize(maps, side):
+    """(N, C, H, W) maps resized bilinearly to (N, C, side, side)."""
+    rows = _bilinear_matrix(maps.shape[2], side)
+    cols = _bilinear_matrix(maps.shape[3], side)
+    return np.einsum('ih,nchw,jw->ncij', rows,
+                     np.asarray(maps, dtype=np.float64),
+                     cols).astype(np.float32)
+
+
+def pool_layer(name, maps, pooling='deepcluster'):
+    """One layer's (N, C, H, W) maps as (N, D) probe features.
+
+    ``pooling``: one of ``POOLINGS`` (see the module doc); layers other
+    than relu1 .. relu5 always use ``'grid'``.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError('pooling must be one of %s, not %r'
+                         % (', '.join(POOLINGS), pooling))
+    n = len(maps)
+    if pooling == 'deepcluster' and name in DEEPCLUSTER_POOL:
+        return avg_pool(maps, *DEEPCLUSTER_POOL[name]).reshape(n, -1)
+    if pooling == 'zhang' and name in ZHANG_SIDE:
+        return bilinear_resize(maps, ZHANG_SIDE[name]).reshape(n, -1)
+    return pool_to_target(maps)
+
+
 def extract_layers(net, paths, folder, layers=LAYERS, side=224,
-                   batch_size=16, seed=0, progress=None):
+                   batch_size=16, seed=0, progress=None,
+                   pooling='deepcluster'):
     """Stream every probed layer's pooled features to ``folder/LAYER.npy``.
 
     Returns
     -------
     dict layer -> path (see ``features.stream_image_features``)
     """
+    if pooling not in POOLINGS:
+        raise ValueError('pooling must be one of %s, not %r'
+                         % (', '.join(POOLINGS), pooling))
     return features.stream_image_features(
-        net, paths, layers, lambda name, maps: pool_to_target(maps), folder,
+        net, paths, layers,
+        lambda name, maps: pool_layer(name, maps, pooling), folder,
         side=side, batch_size=batch_size, seed=seed, progress=progress)
 
 
@@ -97,7 +184,7 @@ def probe_files(files, labels, train, test, seed=0, report=print):
 
 def probe_layers(net, paths, labels, train, test, layers=LAYERS, side=224,
                  batch_size=16, seed=0, folder=None, report=print,
-                 progress=None):
+                 progress=None, pooling='deepcluster'):
     """Features of every layer streamed to disk, then one probe per layer.
 
     ``folder`` keeps the ``.npy`` files; None uses a temporary folder that
@@ -110,7 +197,7 @@ def probe_layers(net, paths, labels, train, test, layers=LAYERS, side=224,
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix='layer_probe_') as tmp:
         files = extract_layers(net, paths, folder or tmp, layers, side,
-                               batch_size, seed, progress)
+                               batch_size, seed, progress, pooling)
         feature_time = time.time() - t0
         result = probe_files(files, labels, train, test, seed, report)
     result['feature_time'] = feature_time
