@@ -9,7 +9,8 @@ Without --test-images, a fixed stratified split of it is the test set.
 Each layer's output is pooled (--pooling deepcluster: DeepCluster's
 AvgPool settings, the default; zhang: Zhang et al.'s bilinear resize to
 10/6/5/5/6; grid: ours) and streamed to .npy files; a multinomial
-logistic regression is trained per layer.  Writes probe_layers.json and probe_layers.png (top-1 per layer).
+logistic regression is trained per layer.  Writes probe_layers.json and
+probe_layers.png (top-1 per layer).
 """
 import argparse
 import os

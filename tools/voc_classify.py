@@ -2,15 +2,19 @@
 
     python tools/voc_classify.py --weights model_iter_N.caffemodel --random \
         --voc VOCdevkit/VOC2007 [--train-from conv1] [--iters 80000] \
-        [--batch-size 10] [--out DIR]
+        [--batch-size 16] [--protocol reference|deepcontext] [--out DIR]
 
 conv1 .. conv5 of the snapshot (and fc6 when its shape fits) start a
-20-class multi-label classifier (sigmoid cross-entropy, difficult labels
-ignored) trained on trainval with random crops and flips; layers before
---train-from stay fixed (conv1: all layers, fc6: the head only).  Test:
-10 crops per image, per-class AP (VOC07 11-point) and mAP.  --images
-instead of --voc takes a single-label set with one-hot targets.  Writes
-voc_classify.json and voc_classify.png.
+20-class multi-label classifier (sigmoid cross-entropy summed over
+classes / batch, difficult labels ignored) trained on trainval; layers
+before --train-from stay fixed, BatchNorm statistics included (conv1: all
+layers, fc6: the head only).  --protocol reference (default) is
+philkr/voc-classification's train_cls.py: 80,000 iterations of 16, lr
+1e-3 halved every 10k, weight decay 1e-6, clip 10, random-scale crops;
+test on 10 random crops, logits summed, sklearn's AP.  --protocol
+deepcontext: ours (squash to --resize, fixed 10 crops, VOC07 11-point
+AP).  --images instead of --voc takes a single-label set with one-hot
+targets.  Writes voc_classify.json and voc_classify.png.
 """
 import argparse
 import os
@@ -26,12 +30,15 @@ def parse_args():
     transfer_sets.add_set_arguments(p)
     p.add_argument('--train-from', default='conv1',
                    choices=voc_classify.TRAINABLE)
-    p.add_argument('--iters', type=int, default=1000)
-    p.add_argument('--batch-size', type=int, default=10)
-    p.add_argument('--base-lr', type=float, default=1e-3)
+    p.add_argument('--protocol', choices=sorted(voc_classify.PROTOCOLS),
+                   default='reference', help='reference: train_cls.py\'s '
+                   'settings; deepcontext: ours (see the module doc)')
+    p.add_argument('--iters', type=int, default=voc_classify.ITERS)
+    p.add_argument('--batch-size', type=int, default=voc_classify.BATCH_SIZE)
+    p.add_argument('--base-lr', type=float, default=voc_classify.BASE_LR)
     p.add_argument('--side', type=int, default=227, help='crop side')
-    p.add_argument('--resize', type=int, default=256,
-                   help='images are resized to resize x resize first')
+    p.add_argument('--resize', type=int, default=256, help='deepcontext '
+                   'protocol: images are resized to resize x resize first')
     p.add_argument('--fc-dims', type=int, nargs=2, default=[4096, 4096])
     p.add_argument('--out', required=True)
     return p.parse_args()
@@ -46,17 +53,19 @@ def main():
     print('%s: %d classes, %d train / %d test images'
           % (s['source'], len(s['class_names']), len(s['train']),
              len(s['test'])))
-    train = voc_classify.resized_images(
-        s['train'], args.resize, toolargs.eta_progress('resizing train'))
-    test = voc_classify.resized_images(
-        s['test'], args.resize, toolargs.eta_progress('resizing test'))
+    crops = voc_classify.PROTOCOLS[args.protocol]['crops']
+    prep = getattr(args, 'preprocess', 'deepcontext')
+    train, test = (voc_classify.TrainingImages(
+        s[part], crops, args.side, args.resize, prep,
+        progress=toolargs.eta_progress('resizing %s' % part))
+        for part in ('train', 'test'))
     results = {}
     for tag, net, bn_mode in toolargs.iter_nets(args):
         r = voc_classify.fine_tune(
             net, train, s['train_labels'], test, s['test_labels'],
             os.path.join(args.out, tag), args.side, args.train_from,
             args.iters, args.batch_size, args.base_lr, args.fc_dims,
-            args.seed, args.gpu is not None,
+            args.seed, args.gpu is not None, args.protocol,
             progress=toolargs.eta_progress('%s fine-tuning' % tag))
         r['bn_mode'] = bn_mode
         results[tag] = r

@@ -113,9 +113,11 @@ def bilinear_resize(maps, side):
     """(N, C, H, W) maps resized bilinearly to (N, C, side, side)."""
     rows = _bilinear_matrix(maps.shape[2], side)
     cols = _bilinear_matrix(maps.shape[3], side)
-    return np.einsum('ih,nchw,jw->ncij', rows,
-                     np.asarray(maps, dtype=np.float64),
-                     cols).astype(np.float32)
+    # rows @ each map @ cols.T: two matrix products (an einsum over all
+    # four indices at once is a loop over i, h, w, j).
+    out = np.matmul(np.matmul(rows, np.asarray(maps, dtype=np.float64)),
+                    cols.T)
+    return out.astype(np.float32)
 
 
 def pool_layer(name, maps, pooling='deepcluster'):
