@@ -3,14 +3,17 @@
     python tools/export_fast_rcnn.py DEFINITION WEIGHTS OUTDIR
         [--voc VOC2007 --image-set trainval --proposals FILE]
         [--num-classes 21] [--fc6-mode conv6|roi3x3] [--input-scale auto|X]
+        [--head-init data|reference]
 
 DEFINITION/WEIGHTS: the training's network.prototxt and a snapshot (BatchNorm
 is folded and checked here), or a net already without BatchNorm.  The
 recipe of the original README: fold BatchNorm, transfer into the detection
-net (conv1 padded as trained, fc6 as conv6, RGB->BGR, conv1 x input scale),
+net (conv1 padded as trained, pool1/pool2 padded by 1 as Fast R-CNN's
+CaffeNet, fc6 as conv6, drop6 and drop7, RGB->BGR, conv1 x input scale),
 initialise fc7/cls_score/bbox_pred on real images with real RoIs, then
 calibrate the net that will be fine-tuned (deepcontext/transfer/fast_rcnn.py,
-calibration.py).  Calibration images: the VOC image set and its proposals
+calibration.py).  --head-init reference puts Fast R-CNN's own Gaussian
+fillers (0.01, 0.001) into cls_score/bbox_pred after the calibration.  Calibration images: the VOC image set and its proposals
 (--voc), else --images (default: the embedded photos) with random boxes.
 
 Writes OUTDIR/train.prototxt (Fast R-CNN's RoIDataLayer), train_input.prototxt
@@ -44,6 +47,11 @@ def parse_args():
     p.add_argument('--num-classes', type=int, default=21,
                    help='classes including background (VOC: 21)')
     p.add_argument('--fc6-mode', default='conv6', choices=('conv6', 'roi3x3'))
+    p.add_argument('--head-init', default='data',
+                   choices=fast_rcnn.HEAD_INITS,
+                   help="cls_score/bbox_pred: 'data' (default: initialised "
+                        "on real RoIs and calibrated) or 'reference' "
+                        "(Fast R-CNN's gaussian 0.01 / 0.001, zero bias)")
     p.add_argument('--input-scale', default='auto',
                    help="factor on conv1; 'auto' (default): 50 / RMS of "
                         "Fast R-CNN's input on the calibration images")
@@ -80,7 +88,8 @@ def main():
             num_classes=args.num_classes, fc6_mode=args.fc6_mode,
             input_scale=scale, calib_batches=args.batches,
             scale=args.scale, rois_per_image=args.rois_per_image,
-            tolerance=args.tolerance, rounds=args.rounds, seed=args.seed)
+            tolerance=args.tolerance, rounds=args.rounds,
+            head_init=args.head_init, seed=args.seed)
     except (voc.VocError, fast_rcnn.ExportError,
             calibration.CalibrationError, ValueError) as e:
         sys.exit('export_fast_rcnn: %s' % e)

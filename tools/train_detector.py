@@ -4,7 +4,8 @@
         [--image-set trainval] [--iters 40000] [--out DIR] [--gpu ID]
 
 EXPORT_DIR: what tools/export_fast_rcnn.py wrote (train_input.prototxt,
-solver.prototxt, init.caffemodel).  Trains with Fast R-CNN's CaffeNet
+solver.prototxt, init.caffemodel); an export written before pool1/pool2 had
+pad 1 and drop6 (issue 24) is refused with the command that re-exports.  Trains with Fast R-CNN's CaffeNet
 recipe (deepcontext/transfer/detector.py: 2 images x 64 RoIs, 25%
 foreground, flips, lr 0.001 divided by 10 after 30000 iterations) and prints
 one progress line every --display iterations.  Writes OUT/fast_rcnn_iter_N
@@ -25,7 +26,7 @@ from google.protobuf import text_format  # noqa: E402
 
 from deepcontext.data import voc  # noqa: E402
 from deepcontext.model import pycaffe, solver as dc_solver  # noqa: E402
-from deepcontext.transfer import detector  # noqa: E402
+from deepcontext.transfer import detector, fast_rcnn  # noqa: E402
 
 
 def parse_args():
@@ -56,6 +57,13 @@ def main():
     if missing:
         sys.exit('train_detector: %s missing: run tools/export_fast_rcnn.py '
                  'first' % missing[0])
+    old = fast_rcnn.outdated(pycaffe.read_netparam(
+        files['train_input.prototxt']))
+    if old:
+        sys.exit('train_detector: %s is an export from before the RoI '
+                 'alignment (no %s): export again with '
+                 'tools/export_fast_rcnn.py DEFINITION WEIGHTS %s'
+                 % (args.export, old, args.export))
     try:
         records = voc.load(args.voc, args.image_set, args.proposals)
     except voc.VocError as e:

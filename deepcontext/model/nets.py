@@ -62,28 +62,41 @@ def fc_relu(n, bottom, name, nout, batchnorm=False):
     return fc
 
 
-def max_pool(bottom, ks, stride=1):
+def max_pool(bottom, ks, stride=1, pad=0):
+    """Max pooling; ``pad`` is written only when non-zero, so definitions
+    without it stay byte-identical to those written before it existed."""
+    extra = dict(pad=pad) if pad else {}
     return L.Pooling(bottom, pool=P.Pooling.MAX, kernel_size=ks,
-                     stride=stride)
+                     stride=stride, **extra)
 
 
 def lrn(bottom):
     return L.LRN(bottom, local_size=5, alpha=1e-4, beta=0.75)
 
 
-def conv_tower(n, data, use_bn=False, conv1_pad=5):
+def conv_tower(n, data, use_bn=False, conv1_pad=5, pool_pad=0):
     """conv1 .. relu5 of CaffeNet without groups, on ``data``; returns relu5.
 
     The one definition of the convolutional stack, shared by the patch
     network (conv1 padded by 5 as the original, BatchNorm on conv3-5), the
-    CaffeNet deploy net and the Fast R-CNN export (conv1 without padding, as
-    BVLC's CaffeNet).  Pooling comes before LRN, as in CaffeNet.
+    CaffeNet deploy net (conv1 without padding, as BVLC's CaffeNet) and the
+    Fast R-CNN export (conv1 padded by 5 as trained, and pool1/pool2 padded
+    by 1, ``pool_pad=1``, as Fast R-CNN's CaffeNet).  Pooling comes before
+    LRN, as in CaffeNet.
+
+    Where conv5 cell k sits: its centre is at pixel 16 k + 17 - conv1_pad
+    - 12 pool_pad of the input (each layer's output j is centred at
+    stride j - pad + (kernel - 1) / 2 of its input: pool1's pad moves it
+    by 4 px, pool2's by 8).  With conv1_pad 5 and pool_pad 1 that is 16 k,
+    what ROIPooling's spatial_scale 1/16 assumes; unpadded pools put it at
+    16 k + 12.  Padding a max pool changes no weight (pooling has none),
+    only where the grid sits.
     """
     conv_relu(n, data, '1', 11, 96, stride=4, pad=conv1_pad)
-    n.pool1 = max_pool(n.relu1, 3, stride=2)
+    n.pool1 = max_pool(n.relu1, 3, stride=2, pad=pool_pad)
     n.norm1 = lrn(n.pool1)
     conv_relu(n, n.norm1, '2', 5, 256, pad=2)
-    n.pool2 = max_pool(n.relu2, 3, stride=2)
+    n.pool2 = max_pool(n.relu2, 3, stride=2, pad=pool_pad)
     n.norm2 = lrn(n.pool2)
     conv_relu(n, n.norm2, '3', 3, 384, pad=1, batchnorm=use_bn)
     conv_relu(n, n.relu3, '4', 3, 384, pad=1, batchnorm=use_bn)

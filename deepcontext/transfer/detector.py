@@ -17,10 +17,21 @@ snapshots hold un-normalised ``bbox_pred`` weights, so testing needs no
 statistics.
 
 Testing (:func:`im_detect`, :func:`detect`): the image at the same scale,
-all its proposals, class probabilities and regressed boxes per class; per
-class a score threshold (0.05), NMS at IoU 0.3, and at most 100 detections
-per image over all classes.
+all its proposals, class probabilities and regressed boxes per class, then
+one of two pruning protocols before the AP:
+
+- ``'fast-rcnn'`` (the default; rbgirshick/fast-rcnn's ``test_net``, what
+  the paper's detection numbers were made with): per class and image the
+  100 best-scoring boxes above the class's threshold; the threshold is
+  adaptive, raised after each image so that the class keeps its 40 x
+  (number of images) best scores over the set so far; after the last image
+  every class keeps the detections above its final threshold, then NMS at
+  IoU 0.3 per class and image (:class:`FastRcnnPruning`).
+- ``'py-faster-rcnn'`` (rbgirshick/py-faster-rcnn's ``test_net``): per
+  class scores above 0.05, NMS at IoU 0.3, then at most 100 detections per
+  image over all classes (:class:`PyFasterRcnnPruning`).
 """
+import heapq
 import json
 import os
 import time
@@ -41,8 +52,11 @@ FG_THRESH = 0.5          # foreground: IoU >= 0.5
 BG_THRESH = (0.1, 0.5)   # background: IoU in [0.1, 0.5)
 BBOX_THRESH = 0.5        # regression targets for IoU >= 0.5
 NMS_THRESH = 0.3
-SCORE_THRESH = 0.05
-MAX_PER_IMAGE = 100
+SCORE_THRESH = 0.05      # py-faster-rcnn: fixed score threshold
+MAX_PER_IMAGE = 100      # py-faster-rcnn: over all classes, after NMS
+PER_SET = 40             # fast-rcnn: per image and class over the set
+PER_CLASS_IMAGE = 100    # fast-rcnn: per class and image, before NMS
+PROTOCOLS = ('fast-rcnn', 'py-faster-rcnn')
 INPUTS = ('data', 'rois', 'labels', 'bbox_targets', 'bbox_loss_weights')
 
 
@@ -316,31 +330,124 @@ def nms(dets, thresh):
     return np.array(keep, int)
 
 
-def detect(net, records, num_classes, thresh=SCORE_THRESH,
-           max_per_image=MAX_PER_IMAGE, scale=SCALE, max_size=MAX_SIZE,
-           log=print):
-    """Detections of every image: all[c][i] is a (K, 5) array x1 y1 x2 y2
-    score (0-based) of class c in image i."""
-    found = [[np.zeros((0, 5), np.float32) for _ in records]
-             for _ in range(num_classes)]
+def _empty(num_classes, num_images):
+    return [[np.zeros((0, 5), np.float32) for _ in range(num_images)]
+            for _ in range(num_classes)]
+
+
+def _dets(boxes, scores, keep, c):
+    return np.hstack([boxes[keep, 4 * c:4 * c + 4],
+                      scores[keep, c:c + 1]]).astype(np.float32)
+
+
+class FastRcnnPruning:
+    """fast-rcnn's test-time pruning (see the module docstring).
+
+    Feed every image in order with :meth:`add`, then :meth:`result`.
+    ``thresholds`` holds each class's adaptive threshold (-inf until the
+    class has more than ``per_set`` x images scores).
+    """
+    name = 'fast-rcnn'
+
+    def __init__(self, num_classes, num_images, per_set=PER_SET,
+                 per_image=PER_CLASS_IMAGE, nms_thresh=NMS_THRESH):
+        self.max_per_set = per_set * num_images
+        self.per_set, self.per_image = per_set, per_image
+        self.nms_thresh = nms_thresh
+        self.thresholds = np.full(num_classes, -np.inf)
+        self.heaps = [[] for _ in range(num_classes)]
+        self.found = _empty(num_classes, num_images)
+
+    def add(self, i, scores, boxes):
+        """Image i's scores (R, C) and boxes (R, 4C)."""
+        for c in range(1, len(self.heaps)):
+            keep = np.where(scores[:, c] > self.thresholds[c])[0]
+            keep = keep[np.argsort(-scores[keep, c], kind='stable')]
+            keep = keep[:self.per_image]
+            heap = self.heaps[c]
+            for v in scores[keep, c]:
+                heapq.heappush(heap, float(v))
+            if len(heap) > self.max_per_set:
+                while len(heap) > self.max_per_set:
+                    heapq.heappop(heap)
+                self.thresholds[c] = heap[0]
+            self.found[c][i] = _dets(boxes, scores, keep, c)
+
+    def result(self):
+        """found[c][i]: (K, 5) x1 y1 x2 y2 score, above the class's final
+        threshold, after NMS."""
+        for c in range(1, len(self.found)):
+            for i, d in enumerate(self.found[c]):
+                d = d[d[:, 4] > self.thresholds[c]]
+                self.found[c][i] = d[nms(d, self.nms_thresh)] if len(d) else d
+        return self.found
+
+    def settings(self, classes=None):
+        names = classes or [str(c) for c in range(len(self.heaps))]
+        return dict(name=self.name, per_set=self.per_set,
+                    per_class_image=self.per_image, nms=self.nms_thresh,
+                    thresholds={names[c]: (None if np.isinf(t) else float(t))
+                                for c, t in enumerate(self.thresholds)
+                                if c > 0})
+
+
+class PyFasterRcnnPruning:
+    """py-faster-rcnn's test-time pruning (see the module docstring); the
+    same interface as :class:`FastRcnnPruning`."""
+    name = 'py-faster-rcnn'
+
+    def __init__(self, num_classes, num_images, thresh=SCORE_THRESH,
+                 max_per_image=MAX_PER_IMAGE, nms_thresh=NMS_THRESH):
+        self.thresh, self.max_per_image = thresh, max_per_image
+        self.nms_thresh = nms_thresh
+        self.found = _empty(num_classes, num_images)
+
+    def add(self, i, scores, boxes):
+        found = self.found
+        for c in range(1, len(found)):
+            d = _dets(boxes, scores, np.where(scores[:, c] > self.thresh)[0],
+                      c)
+            found[c][i] = d[nms(d, self.nms_thresh)] if len(d) else d
+        everything = np.concatenate([found[c][i][:, 4]
+                                     for c in range(1, len(found))])
+        if len(everything) > self.max_per_image:
+            cut = np.sort(everything)[-self.max_per_image]
+            for c in range(1, len(found)):
+                found[c][i] = found[c][i][found[c][i][:, 4] >= cut]
+
+    def result(self):
+        return self.found
+
+    def settings(self, classes=None):
+        return dict(name=self.name, score_thresh=self.thresh,
+                    max_per_image=self.max_per_image, nms=self.nms_thresh)
+
+
+def pruning(protocol, num_classes, num_images):
+    """The pruning object of a protocol named in :data:`PROTOCOLS`."""
+    kinds = {k.name: k for k in (FastRcnnPruning, PyFasterRcnnPruning)}
+    if protocol not in kinds:
+        raise ValueError('protocol must be one of %s, not %r'
+                         % ('|'.join(PROTOCOLS), protocol))
+    return kinds[protocol](num_classes, num_images)
+
+
+def detect(net, records, num_classes, protocol='fast-rcnn', scale=SCALE,
+           max_size=MAX_SIZE, log=print):
+    """Detections of every image under a test protocol.
+
+    Returns (found, pruner): found[c][i] is a (K, 5) array x1 y1 x2 y2
+    score (0-based) of class c in image i; ``pruner.settings()`` says what
+    was used.
+    """
+    prune = pruning(protocol, num_classes, len(records))
     t0 = time.time()
     for i, rec in enumerate(records):
-        if not len(rec['proposals']):
-            continue
-        scores, boxes = im_detect(net, decode.load_rgb(rec['image']),
-                                  rec['proposals'], scale, max_size)
-        for c in range(1, num_classes):
-            keep = np.where(scores[:, c] > thresh)[0]
-            dets = np.hstack([boxes[keep, 4 * c:4 * c + 4],
-                              scores[keep, c:c + 1]]).astype(np.float32)
-            found[c][i] = dets[nms(dets, NMS_THRESH)] if len(dets) else dets
-        everything = np.concatenate([found[c][i][:, 4]
-                                     for c in range(1, num_classes)])
-        if len(everything) > max_per_image:
-            cut = np.sort(everything)[-max_per_image]
-            for c in range(1, num_classes):
-                found[c][i] = found[c][i][found[c][i][:, 4] >= cut]
+        if len(rec['proposals']):
+            scores, boxes = im_detect(net, decode.load_rgb(rec['image']),
+                                      rec['proposals'], scale, max_size)
+            prune.add(i, scores, boxes)
         if (i + 1) % 100 == 0 or i + 1 == len(records):
             log('im_detect: %d/%d images, %.3f s/image'
                 % (i + 1, len(records), (time.time() - t0) / (i + 1)))
-    return found
+    return prune.result(), prune

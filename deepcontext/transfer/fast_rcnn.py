@@ -5,8 +5,9 @@ The paper fine-tuned the context-prediction network in Fast R-CNN on VOC 2007
 for a CaffeNet without groups carrying our weights:
 
     data, rois -> conv1..conv5 (ours) -> roi_pool5 (ROIPooling 6x6, 1/16)
-      -> conv6 (our fc6 as a 3x3 convolution) -> pool6 (2x2 max)
-      -> fc7 (new) -> cls_score (num_classes) + bbox_pred (4 num_classes)
+      -> conv6 (our fc6 as a 3x3 convolution) -> pool6 (2x2 max) -> drop6
+      -> fc7 (new) -> drop7 -> cls_score (num_classes)
+                             + bbox_pred (4 num_classes)
 
 Why conv6: our fc6 was trained on a 3x3 pool5 (96x96 patches), CaffeNet's
 on 6x6.  fc6's weights, reshaped to (4096, 256, 3, 3), are a 3x3
@@ -16,9 +17,14 @@ summarises the four quadrants.  This is our reading of the paper's
 "conv6" conversion; ``fc6_mode='roi3x3'`` instead pools each ROI to 3x3 and
 keeps fc6 as it is.
 
-conv1 keeps the padding of 5 it was trained with (the conv tower is the
-patch network's, so a conv5 cell sits where it sat in training);
-learning-rate multipliers are Fast R-CNN's CaffeNet ones: conv1 frozen
+conv1 keeps the padding of 5 it was trained with, and pool1/pool2 are
+padded by 1 as in Fast R-CNN's CaffeNet: then conv5 cell k is centred at
+pixel 16 k, where ROIPooling's spatial_scale 1/16 reads it (unpadded pools
+put it at 16 k + 12, and every RoI read features 0.75 cell off; see
+``nets.conv_tower``; exports written before have no pool pad, and
+:func:`outdated` names them).  Dropout 0.5 after pool6 (or fc6) and fc7,
+as the reference's drop6 and drop7; identity in the test net.
+Learning-rate multipliers are Fast R-CNN's CaffeNet ones: conv1 frozen
 (lr_mult 0), weights 1, biases 2 without weight decay.  The test net
 declares its inputs in the old ``input:``/``input_shape`` form, which the
 Fast R-CNN Caffe fork parses (it predates the Input layer).
@@ -50,6 +56,8 @@ from deepcontext.transfer import calibration, debatchnorm, detector
 
 PIXEL_MEANS_BGR = np.array([102.9801, 115.9465, 122.7717])  # Fast R-CNN's
 SPATIAL_SCALE = 1.0 / 16   # conv5 stride of CaffeNet-style nets
+CONV1_PAD = 5   # as the patch network was trained
+POOL_PAD = 1    # pool1/pool2, as Fast R-CNN's CaffeNet: cell k at 16 k px
 
 
 def _gaussian(std):
@@ -82,7 +90,7 @@ def old_style_inputs(proto):
 
 
 def gen_net(num_classes=21, train=True, fc6_mode='conv6',
-            data_layer='python', conv1_pad=5):
+            data_layer='python', conv1_pad=CONV1_PAD, pool_pad=POOL_PAD):
     """Fast R-CNN CaffeNet (no groups) with our layer names.
 
     Parameters
@@ -94,6 +102,7 @@ def gen_net(num_classes=21, train=True, fc6_mode='conv6',
         so the file runs in Fast R-CNN's own tools -- or 'input' (Input
         layers, for feeding from pycaffe)
     conv1_pad : 5, as the patch network was trained
+    pool_pad : 1 on pool1 and pool2, so conv5 cell k is centred at 16 k px
     """
     n = NetSpec()
     if not train:
@@ -110,13 +119,15 @@ def gen_net(num_classes=21, train=True, fc6_mode='conv6',
         n.labels = L.Input(shape=dict(dim=[1]))
         n.bbox_targets = L.Input(shape=dict(dim=[1, 4 * num_classes]))
         n.bbox_loss_weights = L.Input(shape=dict(dim=[1, 4 * num_classes]))
-    relu5 = nets.conv_tower(n, n.data, conv1_pad=conv1_pad)
+    relu5 = nets.conv_tower(n, n.data, conv1_pad=conv1_pad,
+                            pool_pad=pool_pad)
     if fc6_mode == 'conv6':
         n.roi_pool5 = L.ROIPooling(relu5, n.rois, roi_pooling_param=dict(
             pooled_w=6, pooled_h=6, spatial_scale=SPATIAL_SCALE))
         nets.conv_relu(n, n.roi_pool5, '6', 3, 4096)
         n.pool6 = nets.max_pool(n.relu6, 2, stride=2)
-        top = n.pool6
+        n.drop6 = L.Dropout(n.pool6, in_place=True, dropout_ratio=0.5)
+        top = n.drop6
     elif fc6_mode == 'roi3x3':
         n.roi_pool5 = L.ROIPooling(relu5, n.rois, roi_pooling_param=dict(
             pooled_w=3, pooled_h=3, spatial_scale=SPATIAL_SCALE))
@@ -142,6 +153,23 @@ def gen_net(num_classes=21, train=True, fc6_mode='conv6',
     proto = set_lr_mults(n.to_proto())
     proto.name = 'CaffeNet_nogroups_deepcontext'
     return proto if train else old_style_inputs(proto)
+
+
+def outdated(netdef):
+    """What an exported definition lacks of today's export, or None.
+
+    Exports written before the RoI alignment (issue 24) have unpadded
+    pool1/pool2 (conv5 cell k at 16 k + 12 px while the RoIs are read at
+    16 k) and no drop6 after pool6.  Their weights are the same, but the
+    definitions are not the recipe; re-exporting writes the new ones.
+    """
+    layers = {l.name: l for l in netdef.layer}
+    missing = ['%s pad %d' % (name, POOL_PAD) for name in ('pool1', 'pool2')
+               if name in layers and
+               layers[name].pooling_param.pad != POOL_PAD]
+    if 'pool6' in layers and 'drop6' not in layers:
+        missing.append('drop6')
+    return ', '.join(missing) or None
 
 
 def gen_solver(train_net, snapshot_prefix):
@@ -214,6 +242,10 @@ def measure_input_scale(image_arrays, size=sampling.PATCH_SIZE):
 # steps send small gradients into the trunk.  Calibration keeps these
 # output scales (the heads' scales multiply to ~1).
 FRESH = (('fc7', 1.0), ('cls_score', 0.1), ('bbox_pred', 0.1))
+# --head-init reference: Fast R-CNN's own fillers for the heads (CaffeNet
+# train.prototxt), zero biases, put in after the calibration.
+REFERENCE_HEADS = (('cls_score', 0.01), ('bbox_pred', 0.001))
+HEAD_INITS = ('data', 'reference')
 FOLD_TOLERANCE = 1e-4
 
 
@@ -290,16 +322,36 @@ def calibration_batches(images, count, rng, records=None, scale=600,
     return out
 
 
+def reference_heads(net, rng, log=print):
+    """cls_score and bbox_pred filled as Fast R-CNN fills them: Gaussian
+    weights of std 0.01 and 0.001, zero biases."""
+    for name, std in REFERENCE_HEADS:
+        w, b = net.params[name][0].data, net.params[name][1].data
+        w[...] = rng.normal(0, std, w.shape).astype(np.float32)
+        b[...] = 0
+        log('%-9s reference fill: gaussian std %g, bias 0' % (name, std))
+
+
 def export(definition, weights, outdir, images, records=None,
            num_classes=21, fc6_mode='conv6', input_scale='auto',
            calib_batches=2, scale=600, max_size=1000, rois_per_image=64,
-           tolerance=0.05, rounds=10, draws=4, seed=0, log=print):
+           tolerance=0.05, rounds=10, draws=4, head_init='data', seed=0,
+           log=print):
     """The recipe: fold, transfer, initialise, calibrate, write.
+
+    ``head_init='data'`` (the default, the original README's advice) keeps
+    the heads as initialised on real RoIs and calibrated with the rest;
+    ``'reference'`` replaces them after the calibration with Fast R-CNN's
+    Gaussian fillers (:func:`reference_heads`); the trunk and fc7 are
+    calibrated either way.
 
     Returns (report dict, converged).  Nothing is written unless the
     calibration converged with finite weights (CalibrationError or
     ExportError otherwise).
     """
+    if head_init not in HEAD_INITS:
+        raise ValueError('head_init must be one of %s, not %r'
+                         % ('|'.join(HEAD_INITS), head_init))
     rng = np.random.RandomState(seed)
     paths = [r['image'] for r in records] if records else list(images)
     if not paths:
@@ -324,8 +376,11 @@ def export(definition, weights, outdir, images, records=None,
                                      tolerance=tolerance, draws=draws,
                                      seed=seed, log=log)
     calibration.check_finite(net, 'calibrated export')
+    if head_init == 'reference':
+        reference_heads(net, rng, log)
     report = dict(layers=layers, input_scale=float(input_scale),
                   fc6_mode=fc6_mode, num_classes=num_classes,
+                  head_init=head_init, pool_pad=POOL_PAD,
                   calibration=dict(
                       spread=cal['spread'], converged=cal['converged'],
                       rounds=cal['rounds'], tolerance=tolerance,
