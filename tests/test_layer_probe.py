@@ -192,3 +192,16 @@ def test_probe_layers_tool_refuses_bad_input(tmp_path, args, message):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and 'Traceback' not in r.stderr
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_probe_layers_tool_streaming_sgd_and_zhang_pooling(tmp_path):
+    root = elpv_folder(tmp_path / 'set')
+    out = tmp_path / 'out'
+    run_tool('probe_layers.py', '--images', root, '--side', '96',
+             '--layers', 'relu1', 'relu5', '--pooling', 'zhang',
+             '--classifier', 'sgd', '--out', out)
+    res = json.loads((out / 'probe_layers.json').read_text())
+    r = res['results']['random']
+    # Resized to 10x10 and 6x6 whatever the map (24x24 and 6x6 here).
+    assert r['relu1']['dim'] == 10 * 10 * 96 and r['relu5']['dim'] == 9216
+    assert r['relu5']['iterations'] > 0 and 0 <= r['relu5']['accuracy'] <= 1

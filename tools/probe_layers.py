@@ -35,6 +35,10 @@ def parse_args():
                    default=layer_probe.POOLINGS[0],
                    help='deepcluster (AvgPool 6/6/3, 4/4, 3/3/1, 3/3/1, '
                    '2/2), zhang (bilinear to 10/6/5/5/6) or grid (ours)')
+    p.add_argument('--classifier', choices=layer_probe.CLASSIFIERS,
+                   default='lbfgs', help='lbfgs: in memory, small sets; '
+                   'sgd: streamed from the feature files (DeepCluster\'s '
+                   'SGD), memory independent of the set size')
     p.add_argument('--side', type=int, default=224,
                    help='images are resized to side x side')
     p.add_argument('--batch-size', type=int, default=16)
@@ -61,7 +65,7 @@ def main():
             net, paths, labels, train, test, args.layers, args.side,
             args.batch_size, args.seed, folder,
             progress=toolargs.eta_progress('%s features' % tag),
-            pooling=args.pooling)
+            pooling=args.pooling, classifier=args.classifier)
         r['bn_mode'] = bn_mode
         results[tag] = r
     majority = results[tag][args.layers[0]]['majority_baseline']

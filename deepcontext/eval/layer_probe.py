@@ -155,7 +155,11 @@ def extract_layers(net, paths, folder, layers=LAYERS, side=224,
         side=side, batch_size=batch_size, seed=seed, progress=progress)
 
 
-def probe_files(files, labels, train, test, seed=0, report=print):
+CLASSIFIERS = ('lbfgs', 'sgd')
+
+
+def probe_files(files, labels, train, test, seed=0, report=print,
+                classifier='lbfgs'):
     """A linear probe per layer on features stored in ``.npy`` files.
 
     Parameters
@@ -163,6 +167,8 @@ def probe_files(files, labels, train, test, seed=0, report=print):
     files : dict layer -> path of an (N, D) ``.npy``
     labels : (N,) int
     train, test : index arrays into the rows
+    classifier : 'lbfgs' (``probe.linear_probe``, in memory) or 'sgd'
+        (``probe.streaming_probe``, read from the file batch by batch)
 
     Returns
     -------
@@ -174,8 +180,13 @@ def probe_files(files, labels, train, test, seed=0, report=print):
     for name, path in files.items():
         t0 = time.time()
         x = np.load(path, mmap_mode='r')
-        out[name] = probe.linear_probe(x[train], labels[train], x[test],
-                                       labels[test], num_classes, seed=seed)
+        if classifier == 'sgd':
+            out[name] = probe.streaming_probe(x, labels, train, test,
+                                              num_classes, seed=seed)
+        else:
+            out[name] = probe.linear_probe(x[train], labels[train], x[test],
+                                           labels[test], num_classes,
+                                           seed=seed)
         out[name]['fit_time'] = time.time() - t0
         report('%s: top-1 %.4f (%d-dim, l2 %g, %.0f s)'
                % (name, out[name]['accuracy'], out[name]['dim'],
@@ -186,7 +197,7 @@ def probe_files(files, labels, train, test, seed=0, report=print):
 
 def probe_layers(net, paths, labels, train, test, layers=LAYERS, side=224,
                  batch_size=16, seed=0, folder=None, report=print,
-                 progress=None, pooling='deepcluster'):
+                 progress=None, pooling='deepcluster', classifier='lbfgs'):
     """Features of every layer streamed to disk, then one probe per layer.
 
     ``folder`` keeps the ``.npy`` files; None uses a temporary folder that
@@ -201,7 +212,8 @@ def probe_layers(net, paths, labels, train, test, layers=LAYERS, side=224,
         files = extract_layers(net, paths, folder or tmp, layers, side,
                                batch_size, seed, progress, pooling)
         feature_time = time.time() - t0
-        result = probe_files(files, labels, train, test, seed, report)
+        result = probe_files(files, labels, train, test, seed, report,
+                             classifier)
     result['feature_time'] = feature_time
     return result
 
