@@ -80,3 +80,14 @@ def test_visualize_tool_refuses(tmp_path, args, message):
         timeout=300)
     assert r.returncode != 0 and 'Traceback' not in r.stderr
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_top_images_rank_by_the_mean_response(net):
+    # DeepCluster's activ-retrieval ranks by the spatial mean after ReLU.
+    paths = held_out(3)
+    mean = visualize.max_responses(net, paths, 'relu1', 96)
+    peak = visualize.max_responses(net, paths, 'relu1', 96, op='max')
+    maps = features.extract(net, np.stack(
+        [features.image_input(p, 96) for p in paths]), ['relu1'])['relu1']
+    assert np.allclose(mean, maps.mean(axis=(2, 3)), rtol=1e-4, atol=1e-5)
+    assert np.allclose(peak, maps.max(axis=(2, 3)), rtol=1e-4, atol=1e-5)

@@ -4,8 +4,9 @@
         --random --layer relu5 [--filters 0 1 2 ...] [--images ...] --out DIR
 
 For each chosen filter: the 9 images (of --images; default the held-out
-embedded photos) whose strongest response to it is the largest, one row per
-filter in top9_NET.png; and an input found by regularised gradient ascent
+embedded photos) whose response to it, averaged over positions
+(DeepCluster's ranking; --rank max: the strongest position), is the
+largest, one row per filter in top9_NET.png; and an input found by regularised gradient ascent
 on the filter's response at the map centre (Yosinski et al.), through
 pycaffe's backward pass to the data blob, in ascent_NET.png.  Writes
 visualize.json (top images, responses before and after the ascent).
@@ -29,6 +30,9 @@ def parse_args():
                    help='filter indices (default: the first --num-filters)')
     p.add_argument('--num-filters', type=int, default=8)
     p.add_argument('--top', type=int, default=9)
+    p.add_argument('--rank', choices=visualize.RANKINGS, default='mean',
+                   help='top images by the mean response over positions '
+                   '(DeepCluster) or the max')
     p.add_argument('--images', nargs='+', default=None,
                    help='images for the top images (folders, lists, files; '
                         'default: the held-out embedded photos)')
@@ -55,7 +59,8 @@ def main():
                                       % (args.layer, channels - 1))
         resp = visualize.max_responses(
             net, paths, args.layer, args.side, seed=args.seed,
-            progress=toolargs.eta_progress('%s responses' % tag))
+            progress=toolargs.eta_progress('%s responses' % tag),
+            op=args.rank)
         top = visualize.top_images(resp, filters, args.top)
         rows = [[visualize.thumbnail(paths[i]) for i in row] for row in top]
         toolargs.save_figure(plots.montage_figure(

@@ -1,8 +1,10 @@
 """Visual checks of conv filters (DeepCluster, Caron et al. 2018, Fig. 3-5).
 
 * Top images: for each chosen filter of a layer, the ``k`` (9) images of a
-  set whose strongest response (max over positions) to that filter is the
-  largest, shown as one montage: a row per filter.
+  set whose response to that filter, averaged over positions after the
+  ReLU (DeepCluster's ``visu/activ-retrieval.py``; ``op='max'``: the
+  strongest position, ours before), is the largest, shown as one montage:
+  a row per filter.
 * Gradient ascent (Erhan et al. 2009; regularised as Yosinski et al.
   2015): an input that maximises the filter's response at the centre of the
   map, found by gradient steps through pycaffe's backward pass to the
@@ -23,11 +25,17 @@ from deepcontext.model import pycaffe
 THUMB = 96   # side of the thumbnails in the top-images montage
 
 
+RANKINGS = ('mean', 'max')
+
+
 def max_responses(net, paths, layer, side=224, batch_size=16, seed=0,
-                  progress=None):
-    """(N, C): each image's strongest response of each filter of ``layer``."""
+                  progress=None, op='mean'):
+    """(N, C): each image's response of each filter of ``layer``.
+
+    ``op``: 'mean' over positions (DeepCluster's ranking) or 'max'.
+    """
     return features.image_features(net, paths, layer, side, grid=1,
-                                   op='max', batch_size=batch_size,
+                                   op=op, batch_size=batch_size,
                                    seed=seed, progress=progress)
 
 
