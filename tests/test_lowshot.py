@@ -142,3 +142,18 @@ def test_reference_cost_grid_and_test_set_pick():
     assert set(np.ravel(cv['costs'])) <= set(costs)
     with pytest.raises(ValueError, match='selection'):
         lowshot.lowshot_svm(x, labels, x, labels, selection='val')
+
+
+def test_tiny_costs_still_rank():
+    # At the grid's 1e-7 the weights are ~1e-7 but point the right way
+    # (liblinear's solution tends to C times the weighted class-mean
+    # difference); an optimiser stopping at w = 0 would tie every score.
+    rs = np.random.RandomState(3)
+    y = np.repeat([1.0, -1.0], 20)
+    x = rs.randn(40, 6) + 1.5 * y[:, None] * np.eye(6)[0]
+    w = lowshot.train_svm(x, y, 1e-7)
+    assert 0 < np.abs(w[:-1]).max() < 1e-4
+    direction = (2 * x[y > 0].sum(0) - x[y < 0].sum(0))
+    cos = w[:-1].dot(direction) / np.linalg.norm(w[:-1]) / np.linalg.norm(
+        direction)
+    assert cos > 0.99

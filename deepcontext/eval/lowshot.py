@@ -119,9 +119,15 @@ def train_svm(x, y, cost=DEFAULT_COST, pos_weight=POS_WEIGHT, max_iter=500,
     y = np.asarray(y, dtype=np.float64)
     weight = np.where(y > 0, pos_weight, 1.0)
     w0 = np.zeros(x.shape[1] + 1) if start is None else start
-    res = optimize.minimize(_svm_loss, w0,
-                            args=(x, y, cost, weight), jac=True,
-                            method='L-BFGS-B', options=dict(maxiter=max_iter))
+
+    def scaled(w):
+        # The loss / cost has the same minimiser, but stays of order N at
+        # the grid's small costs (1e-7): L-BFGS's tolerances are absolute
+        # below 1, so it would stop at w = 0, all scores tied.
+        loss, grad = _svm_loss(w, x, y, cost, weight)
+        return loss / cost, grad / cost
+    res = optimize.minimize(scaled, w0, jac=True, method='L-BFGS-B',
+                            options=dict(maxiter=max_iter))
     return res.x
 
 
