@@ -1,4 +1,4 @@
-# deepcontext: two commands for a fresh Debian 12 / Ubuntu machine.
+# deepcontext: two commands for a fresh Debian 12 / 13 or Ubuntu 24.04 machine.
 #   make demo   install everything, build Caffe (cached), train on the
 #               embedded photos for a few minutes on the CPU
 #   make test   install everything, run the tests
@@ -8,7 +8,10 @@
 # Caffe is built once per source+patches+options into $(DEEPCONTEXT_CACHE)
 # (default ~/.cache/deepcontext); later runs start in seconds.
 
-PYTHON ?= python3
+# PYTHON=... names the interpreter of the venv; unset, caffe_ext/pick_python.sh
+# takes the one this system's Boost.Python is built for (python3 on PATH if
+# its version matches, else the distribution's python3.X) and says which.
+PYTHON_ASKED := $(if $(filter command line environment,$(origin PYTHON)),$(PYTHON))
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
@@ -24,14 +27,6 @@ all: setup
 sysdeps:
 	@bash caffe_ext/sysdeps.sh
 
-# The venv's IPython gets execfile() (deepcontext/train/ipython.py).
-$(VENV)/.requirements.stamp: requirements.txt pyproject.toml deepcontext/train/ipython.py
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
-	$(PY) -m deepcontext.train.ipython --install
-	@touch $@
-
 # The loaders' C kernels (deepcontext/data/_patchops.c, loaded with ctypes).
 # -ffp-contract=off keeps every float operation rounding as the numpy one
 # it replaces; no -march, so the library also runs on the GPU machines.
@@ -39,7 +34,12 @@ PATCHOPS := deepcontext/data/_patchops.so
 $(PATCHOPS): deepcontext/data/_patchops.c
 	cc -O3 -ffp-contract=off -fPIC -shared -o $@.tmp $< -lm && mv $@.tmp $@
 
-venv: sysdeps $(VENV)/.requirements.stamp $(PATCHOPS)
+# The venv (caffe_ext/venv.sh): the pinned packages of its Python version,
+# from wheels, and deepcontext; its IPython gets execfile()
+# (deepcontext/train/ipython.py).  Made anew when its Python version is not
+# the one Caffe can be built for here.
+venv: sysdeps $(PATCHOPS)
+	@bash caffe_ext/venv.sh $(VENV) "$(PYTHON_ASKED)"
 
 caffe: venv
 	@$(PY) caffe_ext/build.py $(CAFFE_VARIANT)

@@ -20,6 +20,7 @@ Environment: ``DEEPCONTEXT_CACHE`` (default ``~/.cache/deepcontext``),
 ``CAFFE_TARBALL`` / ``CAFFE_DEBIAN_TARBALL`` (local copies of the source).
 """
 import argparse
+import glob
 import hashlib
 import os
 import re
@@ -392,6 +393,22 @@ def python_facts():
         lib = os.path.join(libdir, multi, ldlib)
     return {'version': ver, 'include': inc, 'library': lib,
             'numpy': numpy.__version__, 'numpy_include': numpy.get_include()}
+
+
+def check_boost_python(py):
+    """pycaffe links libboost_python3XY for the venv's Python; Caffe's CMake
+    falls back to another version's library without a word, and the import
+    then fails.  caffe_ext/pick_python.sh makes the venv from the right one;
+    this says so, in one line, for a venv made some other way."""
+    want = 'libboost_python' + py['version'].replace('.', '')
+    found = sorted(set(os.path.basename(f) for d in (
+        '/usr/lib/*', '/usr/lib', '/usr/lib64', '/usr/local/lib')
+        for f in glob.glob(os.path.join(d, 'libboost_python3*.so'))))
+    if want + '.so' not in found:
+        die('the venv is Python %s but this system has no %s (it has: %s): '
+            'make the venv again with `make venv` (caffe_ext/pick_python.sh '
+            'picks the Python of this system\'s Boost.Python)'
+            % (py['version'], want, ', '.join(found) or 'none'))
 
 
 def build_key(orig, deb, options, py, cuda=False):
@@ -786,6 +803,7 @@ def main():
             die('%s not found: run caffe_ext/sysdeps.sh (as root) or '
                 'install the packages in caffe_ext/apt-packages.txt' % tool)
     py = python_facts()
+    check_boost_python(py)
     tests = not args.no_tests
     orig, deb = fetch_sources(args.tarball, args.debian_tarball)
     if args.no_install:
