@@ -8,10 +8,10 @@ rejected with a message naming them, before any work starts.
 Every default is the number of the original train.py unless its comment
 says otherwise.
 """
-import importlib.util
 import json
 import numbers
 import os
+import types
 
 _REQUIRED = object()
 
@@ -221,11 +221,17 @@ def load(path='deepcontext_config.py', **overrides):
         raise ConfigError('config file %s not found: copy '
                           'deepcontext_config.py.example to it and set '
                           'out_dir and the image source' % path)
-    spec = importlib.util.spec_from_file_location('deepcontext_user_config',
-                                                  path)
-    module = importlib.util.module_from_spec(spec)
+    # Compiled from the text each time, not imported: the import system's
+    # bytecode cache judges a .pyc fresh by the source's mtime in whole
+    # seconds and its size, so a config rewritten within the same second
+    # with a same-length edit (gpus = [0, 0] -> [0, 1]) ran the old values;
+    # nor does this leave a __pycache__ beside the user's config.
+    module = types.ModuleType('deepcontext_user_config')
+    module.__file__ = path
     try:
-        spec.loader.exec_module(module)
+        with open(path, 'rb') as f:
+            code = compile(f.read(), path, 'exec', dont_inherit=True)
+        exec(code, vars(module))
     except Exception as e:  # any error in user code: say where it is
         raise ConfigError('config file %s failed to run: %s: %s'
                           % (path, type(e).__name__, e)) from e

@@ -28,6 +28,22 @@ def norm_losses(outdir):
             r'Iteration (\d+), norm_loss = (\S+),', f.read())]
 
 
+def test_config_rewritten_in_the_same_second_is_read_anew(tmp_path,
+                                                          monkeypatch):
+    # Same length, same mtime second: the import system's bytecode cache
+    # took this for the old file and ran it (found on Debian 13, where the
+    # gpus refusal test read [0, 0] after writing [0, 1]).
+    monkeypatch.setattr(sys, 'dont_write_bytecode', False)
+    stamp = time.time()
+    cfg = write_config(tmp_path, batch_size=48)
+    os.utime(cfg, (stamp, stamp))
+    assert dc_config.load(cfg).batch_size == 48
+    cfg = write_config(tmp_path, batch_size=64)
+    os.utime(cfg, (stamp, stamp))
+    assert dc_config.load(cfg).batch_size == 64
+    assert not (tmp_path / '__pycache__').exists()
+
+
 def test_train_snapshot_quit_resume(tmp_path):
     cfg = write_config(tmp_path)
     r = run_train(tmp_path, cfg, '--max-iter', '20')
