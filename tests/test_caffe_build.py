@@ -69,17 +69,22 @@ def test_caffe_python_unit_tests(tmp_path):
 CPP_FILTER = '-*GPU*'
 
 
-def test_caffe_cpp_suite():
+def test_caffe_cpp_suite(tmp_path):
     testbin = build_info().get('testbin')
     if not testbin or not os.path.isfile(testbin):
         pytest.skip('C++ test binary not built (build.py --no-tests)')
     # The tests open src/caffe/test/test_data/... relative to Caffe's root.
+    # Caffe's MakeTempDir makes a caffe_test.XXXX-XXXX folder per test under
+    # the system's temporary folder and never removes it (about 790 a run):
+    # TMPDIR puts them in pytest's, which pytest prunes.
+    env = dict(os.environ, TMPDIR=str(tmp_path))
     r = subprocess.run([testbin, '--gtest_filter=' + CPP_FILTER],
                        cwd=os.path.join(build_info()['build'], 'src'),
-                       capture_output=True, text=True, timeout=900)
+                       env=env, capture_output=True, text=True, timeout=900)
     tail = r.stdout[-3000:]
     assert r.returncode == 0, tail
     assert '[  PASSED  ]' in r.stdout and 'FAILED' not in r.stdout, tail
+    assert any(tmp_path.glob('caffe_test.*')), 'TMPDIR was not honoured'
 
 
 def tiny_net(path, batch=8):
