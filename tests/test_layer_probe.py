@@ -184,6 +184,8 @@ def test_probe_layers_on_gcompris_categories(bn_snapshot, tmp_path):
     (['--weights', 'nope.caffemodel'], 'no such file'),
     (['--layers', 'relu9'], 'unknown layer relu9'),
     (['--images', 'lmdb:/x'], 'LMDB'),
+    (['--mean', '1,2'], '--mean must be imagenet, none or B,G,R'),
+    (['--input-scale', '-1'], '--input-scale must be auto or a positive'),
 ])
 def test_probe_layers_tool_refuses_bad_input(tmp_path, args, message):
     root = elpv_folder(tmp_path / 'set', per_class=2)
@@ -205,3 +207,49 @@ def test_probe_layers_tool_streaming_sgd_and_zhang_pooling(tmp_path):
     # Resized to 10x10 and 6x6 whatever the map (24x24 and 6x6 here).
     assert r['relu1']['dim'] == 10 * 10 * 96 and r['relu5']['dim'] == 9216
     assert r['relu5']['iterations'] > 0 and 0 <= r['relu5']['accuracy'] <= 1
+
+
+def test_someone_elses_caffenet_through_probe_layers(tmp_path):
+    """BVLC CaffeNet's deploy form (groups, BGR 0-255 minus the mean) with
+    --preprocess caffe-bgr: the conv5 features the tool keeps are those of
+    pycaffe's own Transformer pipeline and a plain forward, pooled."""
+    import caffe
+    from test_features import caffenet_deploy
+    from deepcontext.eval import transfer_sets
+    root = tmp_path / 'set'
+    src = debian_photos.gcompris_categories()
+    for name in sorted(os.listdir(src))[:2]:
+        os.makedirs(root / name)
+        for f in sorted(os.listdir(os.path.join(src, name)))[:4]:
+            os.symlink(os.path.join(src, name, f), root / name / f)
+    deploy = caffenet_deploy(tmp_path / 'deploy.prototxt', batch=1)
+    caffe.set_random_seed(5)
+    net = caffe.Net(deploy, caffe.TEST)
+    weights = str(tmp_path / 'caffenet.caffemodel')
+    net.save(weights)
+    out = tmp_path / 'out'
+    log = run_tool('probe_layers.py', '--definition', deploy, '--weights',
+                   weights, '--images', root, '--preprocess', 'caffe-bgr',
+                   '--layers', 'relu5', '--pooling', 'grid', '--side', '227',
+                   '--batch-size', '4', '--keep-features', '--out', out)
+    assert 'input: caffe-bgr, BGR 0-255 minus (104, 117, 123), x 1,' in log
+    res = json.loads((out / 'probe_layers.json').read_text())
+    assert res['results']['trained']['input'] == dict(
+        preprocess='caffe-bgr', mean=[104.0, 117.0, 123.0], input_scale=1.0,
+        channel_order='bgr')
+    kept = np.load(str(out / 'features' / 'trained' / 'relu5.npy'))
+    # The same images as a Caffe user feeds them.
+    t = caffe.io.Transformer({'data': net.blobs['data'].data.shape})
+    t.set_transpose('data', (2, 0, 1))
+    t.set_channel_swap('data', (2, 1, 0))
+    t.set_raw_scale('data', 255)
+    t.set_mean('data', np.array([104.0, 117.0, 123.0]))
+    paths = transfer_sets.labelled_set(str(root))[0]
+    assert kept.shape[0] == len(paths) == 8
+    for row, path in zip(kept, paths):
+        net.blobs['data'].data[0] = t.preprocess(
+            'data', caffe.io.load_image(path))
+        net.forward()
+        conv5 = net.blobs['conv5'].data.copy()       # after relu5, in place
+        want = features.grid_pool(conv5, layer_probe.pool_grid(256), 'mean')
+        assert np.abs(row - want[0]).max() <= 1e-4 * np.abs(want).max()

@@ -34,20 +34,6 @@ def test_ten_crops_by_hand():
     assert np.array_equal(crops[4], image[1:4, 1:4])
 
 
-def test_crop_inputs_by_preprocessing():
-    crop = np.zeros((2, 2, 3))
-    crop[..., 0], crop[..., 2] = 200, 10      # R 200, G 0, B 10
-    bgr = voc_classify.crop_input(crop, 'caffe-bgr')
-    # B - 104, G - 117, R - 123 in channels 0, 1, 2.
-    assert bgr[:, 0, 0].tolist() == [-94.0, -117.0, 77.0]
-    assert np.allclose(voc_classify.crop_input(crop, 'reference', 0.5),
-                       bgr * 0.5)
-    assert np.allclose(voc_classify.crop_input(crop, 'deepcontext'),
-                       features.prep_eval(crop))
-    with pytest.raises(ValueError, match='preprocess'):
-        voc_classify.crop_input(crop, 'rgb')
-
-
 def test_scale_crops_stay_in_the_image_and_in_range():
     rng = np.random.RandomState(0)
     image = np.random.RandomState(1).randint(0, 256, (300, 500, 3))

@@ -21,6 +21,7 @@ from deepcontext.eval import probe, toolargs, toolcheck  # noqa: E402
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     toolargs.add_net_arguments(p)
+    toolargs.add_input_arguments(p)
     p.add_argument('--task', choices=sorted(labelled.TASKS),
                    default='defect')
     p.add_argument('--per-class', type=int, default=None,
@@ -49,11 +50,14 @@ def main():
     print('elpv %s (%s): %d images, %d train / %d test'
           % (args.task, ' / '.join(names), len(paths), len(train), len(test)))
     results = {}
+    sample = toolargs.scale_sample(paths, args.side)
     for tag, net, bn_mode in toolargs.iter_nets(args):
+        spec = toolargs.input_spec(args, net, sample)
         r = probe.probe_images(net, paths, labels, train, test,
                                args.layer, args.side, args.grid,
-                               args.seed)
+                               args.seed, spec=spec)
         r['bn_mode'] = bn_mode
+        r['input'] = spec.describe()
         results[tag] = r
         print('%s: test accuracy %.4f, balanced %.4f (majority baseline '
               '%.4f), %d-dim %s features, l2 %g, BatchNorm %s, %.0f s'

@@ -31,6 +31,7 @@ from deepcontext.eval import toolcheck, transfer_sets  # noqa: E402
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     toolargs.add_net_arguments(p)
+    toolargs.add_input_arguments(p)
     transfer_sets.add_set_arguments(p)
     p.add_argument('--layers', nargs='+', default=['relu5'])
     p.add_argument('--ks', nargs='+', type=int,
@@ -63,14 +64,16 @@ def main():
     paths = s['train'] + s['test']
     n = len(s['train'])
     results = {}
+    sample = toolargs.scale_sample(s['train'], args.side)
     for tag, net, bn_mode in toolargs.iter_nets(args):
         transfer_sets.check_layers(net, args.layers)
-        results[tag] = {'bn_mode': bn_mode}
+        spec = toolargs.input_spec(args, net, sample)
+        results[tag] = {'bn_mode': bn_mode, 'input': spec.describe()}
         with tempfile.TemporaryDirectory(prefix='lowshot_') as tmp:
             files = layer_probe.extract_layers(
                 net, paths, tmp, args.layers, args.side, args.batch_size,
                 args.seed, toolargs.eta_progress('%s features' % tag),
-                args.pooling)
+                args.pooling, spec)
             for layer, path in files.items():
                 x = np.load(path)
                 print('%s %s (%d-dim):' % (tag, layer, x.shape[1]))

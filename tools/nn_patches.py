@@ -22,6 +22,7 @@ from deepcontext.eval import neighbours, plots, toolargs, toolcheck  # noqa: E40
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     toolargs.add_net_arguments(p)
+    toolargs.add_input_arguments(p)
     p.add_argument('--images', nargs='+', required=True,
                    help='images to take patches from')
     p.add_argument('--out', required=True, help='folder for PNGs and JSON')
@@ -50,9 +51,12 @@ def main():
               'patch_corner': corners.tolist(), 'queries': queries.tolist(),
               'nets': {}}
     for tag, net, bn_mode in toolargs.iter_nets(args):
+        spec = toolargs.input_spec(args, net, patches)
         found = neighbours.patch_neighbours(net, patches, args.layers,
-                                            queries, args.k, groups)
-        result['nets'][tag] = {'bn_mode': bn_mode, 'layers': {}}
+                                            queries, args.k, groups,
+                                            spec=spec)
+        result['nets'][tag] = {'bn_mode': bn_mode, 'layers': {},
+                               'input': spec.describe()}
         for layer, (idx, scores) in found.items():
             title = '%s, %s net (BatchNorm %s): query | %d nearest' % (
                 layer, tag, bn_mode, idx.shape[1])

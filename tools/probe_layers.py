@@ -23,6 +23,7 @@ from deepcontext.eval import transfer_sets  # noqa: E402
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     toolargs.add_net_arguments(p)
+    toolargs.add_input_arguments(p)
     p.add_argument('--images', required=True,
                    help='labelled set: CLASS/xxx.jpg folder or list file')
     p.add_argument('--test-images', help='a separate labelled test set '
@@ -57,16 +58,19 @@ def main():
     print('%d classes, %d train / %d test images'
           % (len(names), len(train), len(test)))
     results = {}
+    sample = toolargs.scale_sample([paths[i] for i in train], args.side)
     for tag, net, bn_mode in toolargs.iter_nets(args):
         transfer_sets.check_layers(net, args.layers)
+        spec = toolargs.input_spec(args, net, sample)
         folder = (os.path.join(args.out, 'features', tag)
                   if args.keep_features else None)
         r = layer_probe.probe_layers(
             net, paths, labels, train, test, args.layers, args.side,
             args.batch_size, args.seed, folder,
             progress=toolargs.eta_progress('%s features' % tag),
-            pooling=args.pooling, classifier=args.classifier)
+            pooling=args.pooling, classifier=args.classifier, spec=spec)
         r['bn_mode'] = bn_mode
+        r['input'] = spec.describe()
         results[tag] = r
     majority = results[tag][args.layers[0]]['majority_baseline']
     for line in layer_probe.table(results, args.layers):

@@ -25,6 +25,7 @@ from deepcontext.eval import transfer_sets, visualize  # noqa: E402
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     toolargs.add_net_arguments(p)
+    toolargs.add_input_arguments(p)
     p.add_argument('--layer', default='relu5')
     p.add_argument('--filters', nargs='+', type=int, default=None,
                    help='filter indices (default: the first --num-filters)')
@@ -51,8 +52,10 @@ def main():
              else photos.held_out_photos())
     filters = args.filters or list(range(args.num_filters))
     results = {}
+    sample = toolargs.scale_sample(paths, args.side)
     for tag, net, bn_mode in toolargs.iter_nets(args, force_backward=True):
         transfer_sets.check_layers(net, [args.layer])
+        spec = toolargs.input_spec(args, net, sample)
         channels = net.blobs[net.top_names[args.layer][0]].data.shape[1]
         if max(filters) >= channels or min(filters) < 0:
             raise toolcheck.ToolError('%s has filters 0..%d only'
@@ -60,7 +63,7 @@ def main():
         resp = visualize.max_responses(
             net, paths, args.layer, args.side, seed=args.seed,
             progress=toolargs.eta_progress('%s responses' % tag),
-            op=args.rank)
+            op=args.rank, spec=spec)
         top = visualize.top_images(resp, filters, args.top)
         rows = [[visualize.thumbnail(paths[i]) for i in row] for row in top]
         toolargs.save_figure(plots.montage_figure(
@@ -68,7 +71,7 @@ def main():
             % (tag, args.layer, top.shape[1], len(paths)),
             row_labels=['filter %d' % f for f in filters],
             frame_first=False), args.out, 'top9_%s.png' % tag)
-        r = {'bn_mode': bn_mode, 'filters': filters,
+        r = {'bn_mode': bn_mode, 'input': spec.describe(), 'filters': filters,
              'top_images': [[paths[i] for i in row] for row in top],
              'top_responses': [[float(resp[i, f]) for i in row]
                                for f, row in zip(filters, top)]}

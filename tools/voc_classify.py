@@ -27,6 +27,7 @@ from deepcontext.eval import transfer_sets, voc_classify  # noqa: E402
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     toolargs.add_net_arguments(p)
+    toolargs.add_input_arguments(p)
     transfer_sets.add_set_arguments(p)
     p.add_argument('--train-from', default='conv1',
                    choices=voc_classify.TRAINABLE)
@@ -54,13 +55,14 @@ def main():
           % (s['source'], len(s['class_names']), len(s['train']),
              len(s['test'])))
     crops = voc_classify.PROTOCOLS[args.protocol]['crops']
-    prep = getattr(args, 'preprocess', 'deepcontext')
     train, test = (voc_classify.TrainingImages(
-        s[part], crops, args.side, args.resize, prep,
+        s[part], crops, args.side, args.resize,
         progress=toolargs.eta_progress('resizing %s' % part))
         for part in ('train', 'test'))
+    sample = toolargs.scale_sample(s['train'], args.side)
     results = {}
     for tag, net, bn_mode in toolargs.iter_nets(args):
+        train.spec = test.spec = toolargs.input_spec(args, net, sample)
         r = voc_classify.fine_tune(
             net, train, s['train_labels'], test, s['test_labels'],
             os.path.join(args.out, tag), args.side, args.train_from,
@@ -68,6 +70,7 @@ def main():
             args.seed, args.gpu is not None, args.protocol,
             progress=toolargs.eta_progress('%s fine-tuning' % tag))
         r['bn_mode'] = bn_mode
+        r['input'] = train.spec.describe()
         results[tag] = r
         print('%s: mAP %.1f%% (loss %.3f -> %.3f, %.0f s training)'
               % (tag, 100 * r['map'], r['loss'][0], r['loss'][-1],

@@ -34,7 +34,21 @@ the kept channel then has RMS 50 * sqrt(3).  For features we want no
 randomness, so the grey image, mean removed and scaled to that RMS, is
 divided by 3 and put in every channel: conv1's (linear) response is then
 the average of its responses to the three equally likely training inputs.
+
+Which input a measuring tool feeds is an :class:`InputSpec`
+(``--preprocess``, :func:`input_spec`):
+
+* ``'reference'`` (the default) and ``'caffe-bgr'``, two names of one
+  input: BGR, 0-255, minus a mean (the ImageNet mean (104, 117, 123) unless
+  another or none is given), times an input scale; what the reference
+  protocols, Fast R-CNN and other methods' Caffe AlexNets take.  For one of
+  our nets (trained on RGB patches of RMS 50) the channels are put back in
+  RGB order and the scale is measured, 50 / the input's RMS on the images
+  measured: exactly what conv1 sees after ``export_fast_rcnn.py`` reverses
+  and rescales its weights.  For any other net (BGR, 0-255) the scale is 1.
+* ``'deepcontext'``: :func:`prep_eval`, the toolkit's grey input.
 """
+import collections
 import os
 
 import caffe
@@ -131,6 +145,105 @@ def load_net(weights=None, definition=None, bn_mode='auto', seed=0,
         for src, dst in zip(blobs, batch_net.params[name]):
             dst.data[...] = src.data
     return batch_net, 'batch'
+
+
+PREPROCESS = ('reference', 'caffe-bgr', 'deepcontext')
+IMAGENET_BGR_MEAN = (104.0, 117.0, 123.0)
+
+
+class InputSpec(collections.namedtuple(
+        'InputSpec', 'preprocess mean scale channels')):
+    """How images become a net's input.
+
+    preprocess : one of PREPROCESS
+    mean : (B, G, R) subtracted, or None ('reference' / 'caffe-bgr')
+    scale : the mean-subtracted input is multiplied by this
+    channels : 'rgb' or 'bgr', the order conv1 was trained on
+    """
+
+    def describe(self):
+        """A dict for the tools' JSON."""
+        return dict(preprocess=self.preprocess,
+                    mean=None if self.mean is None else list(self.mean),
+                    input_scale=self.scale, channel_order=self.channels)
+
+
+DEEPCONTEXT_INPUT = InputSpec('deepcontext', None, 1.0, 'rgb')
+
+
+def parse_mean(text):
+    """'imagenet', 'none' or 'B,G,R' -> a (B, G, R) tuple or None."""
+    if text in (None, 'none'):
+        return None
+    if text == 'imagenet':
+        return IMAGENET_BGR_MEAN
+    try:
+        mean = tuple(float(v) for v in text.split(','))
+    except ValueError:
+        mean = ()
+    if len(mean) != 3:
+        raise ValueError("--mean must be imagenet, none or B,G,R (three "
+                         "numbers), not %r" % text)
+    return mean
+
+
+def is_deepcontext_net(net):
+    """True for our patch nets (with or without BatchNorm): they carry the
+    pair head's BatchReindex layers, which no classification net has."""
+    return any(layer.type == 'BatchReindex' for layer in net.layers)
+
+
+def bgr_minus_mean(im, mean):
+    """(H, W, 3) RGB 0-255 -> (H, W, 3) float64 BGR minus ``mean``."""
+    bgr = np.asarray(im, dtype=np.float64)[:, :, ::-1]
+    return bgr if mean is None else bgr - np.asarray(mean, np.float64)
+
+
+def measure_scale(images, mean):
+    """50 / RMS of the BGR-minus-mean input over ``images`` (RGB 0-255)."""
+    sq = [np.mean(np.square(bgr_minus_mean(im, mean))) for im in images]
+    rms = np.sqrt(np.mean(sq)) if sq else 0.0
+    if not rms > 0:
+        raise ValueError('cannot measure an input scale: the images are '
+                         'all equal to the mean')
+    return float(preprocess.TARGET_RMS / rms)
+
+
+def input_spec(net, preprocess_name='reference', mean='imagenet',
+               scale='auto', channels='auto', sample=()):
+    """The :class:`InputSpec` of ``net`` for the tools' options.
+
+    ``scale`` and ``channels`` 'auto': for our nets (see
+    :func:`is_deepcontext_net`) the scale measured on ``sample`` (RGB
+    0-255 images or patches, as the tool will feed them) and RGB order;
+    for other nets 1 and BGR.
+    """
+    if preprocess_name not in PREPROCESS:
+        raise ValueError('preprocess must be one of %s, not %r'
+                         % (', '.join(PREPROCESS), preprocess_name))
+    if preprocess_name == 'deepcontext':
+        return DEEPCONTEXT_INPUT
+    ours = is_deepcontext_net(net)
+    mean = parse_mean(mean) if isinstance(mean, (str, type(None))) else \
+        tuple(mean)
+    if channels == 'auto':
+        channels = 'rgb' if ours else 'bgr'
+    if channels not in ('rgb', 'bgr'):
+        raise ValueError('channel order must be auto, rgb or bgr, not %r'
+                         % channels)
+    if scale == 'auto':
+        scale = measure_scale(sample, mean) if ours else 1.0
+    return InputSpec(preprocess_name, mean, float(scale), channels)
+
+
+def to_input(im, spec=DEEPCONTEXT_INPUT):
+    """An (H, W, 3) RGB image, values 0-255, as a (3, H, W) float32 input."""
+    if spec.preprocess == 'deepcontext':
+        return prep_eval(im)
+    x = bgr_minus_mean(im, spec.mean) * spec.scale
+    if spec.channels == 'rgb':
+        x = x[:, :, ::-1]
+    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
 
 
 def prep_eval(im):
@@ -259,22 +372,31 @@ def grid_pool(feat, grid=1, op='max'):
     return np.concatenate(cells, axis=1).astype(np.float32)
 
 
-def image_input(path, side):
+def resized_image(path, side):
+    """An image file resized to (side, side, 3), RGB 0-255 float64.
+
+    The 2015-style bilinear resize of training; aspect not kept.
+    """
+    return preprocess.resize_bilinear(decode.load_rgb(path),
+                                      (side, side)) * 255.0
+
+
+def image_input(path, side, spec=DEEPCONTEXT_INPUT):
     """An image file as a (3, side, side) network input (aspect not kept).
 
-    The 2015-style bilinear resize of training, then :func:`prep_eval`.
+    :func:`resized_image`, then :func:`to_input`.
     """
-    return prep_eval(preprocess.resize_bilinear(
-        decode.load_rgb(path), (side, side)) * 255.0)
+    return to_input(resized_image(path, side), spec)
 
 
 def image_features(net, paths, layer='relu5', side=224, grid=2, op='max',
-                   batch_size=16, seed=0, progress=None):
+                   batch_size=16, seed=0, progress=None,
+                   spec=DEEPCONTEXT_INPUT):
     """Whole-image conv features: resize, normalise, conv tower, grid pool.
 
     Images are resized to ``side`` x ``side`` (aspect not kept) with the
-    2015-style bilinear resize of training, normalised by
-    :func:`prep_eval`, and forwarded through the fully convolutional view up
+    2015-style bilinear resize of training, made inputs by ``spec``
+    (:func:`to_input`), and forwarded through the fully convolutional view up
     to ``layer``.  They go through the net in a fixed random order, so that
     with batch-statistics BatchNorm no batch holds images of one class only
     (lists sorted by class would otherwise leak labels into features).
@@ -287,7 +409,7 @@ def image_features(net, paths, layer='relu5', side=224, grid=2, op='max',
     feats = np.empty(len(paths), dtype=object)
     for lo in range(0, len(paths), batch_size):
         idx = order[lo:lo + batch_size]
-        data = np.stack([image_input(paths[i], side) for i in idx])
+        data = np.stack([image_input(paths[i], side, spec) for i in idx])
         maps = extract(net, data, [layer], batch_size=len(idx))[layer]
         for i, row in zip(idx, grid_pool(maps, grid, op)):
             feats[i] = row
@@ -297,7 +419,8 @@ def image_features(net, paths, layer='relu5', side=224, grid=2, op='max',
 
 
 def stream_image_features(net, paths, layers, pool, folder, side=224,
-                          batch_size=16, seed=0, progress=None):
+                          batch_size=16, seed=0, progress=None,
+                          spec=DEEPCONTEXT_INPUT):
     """Whole-image features of several layers, written to ``.npy`` files.
 
     Each batch of images goes once through the conv tower (up to the last
@@ -316,6 +439,7 @@ def stream_image_features(net, paths, layers, pool, folder, side=224,
     folder : str, created if needed
     side : int, images are resized to side x side
     progress : callable(done, total), optional
+    spec : :class:`InputSpec`
 
     Returns
     -------
@@ -327,7 +451,7 @@ def stream_image_features(net, paths, layers, pool, folder, side=224,
     out = {}
     for lo in range(0, len(paths), batch_size):
         idx = order[lo:lo + batch_size]
-        data = np.stack([image_input(paths[i], side) for i in idx])
+        data = np.stack([image_input(paths[i], side, spec) for i in idx])
         maps = extract(net, data, list(layers), batch_size=len(idx))
         for name in layers:
             rows = pool(name, maps[name])

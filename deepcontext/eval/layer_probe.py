@@ -139,8 +139,10 @@ def pool_layer(name, maps, pooling='deepcluster'):
 
 def extract_layers(net, paths, folder, layers=LAYERS, side=224,
                    batch_size=16, seed=0, progress=None,
-                   pooling='deepcluster'):
+                   pooling='deepcluster', spec=features.DEEPCONTEXT_INPUT):
     """Stream every probed layer's pooled features to ``folder/LAYER.npy``.
+
+    ``spec``: the input (``features.InputSpec``, the tools' --preprocess).
 
     Returns
     -------
@@ -152,7 +154,8 @@ def extract_layers(net, paths, folder, layers=LAYERS, side=224,
     return features.stream_image_features(
         net, paths, layers,
         lambda name, maps: pool_layer(name, maps, pooling), folder,
-        side=side, batch_size=batch_size, seed=seed, progress=progress)
+        side=side, batch_size=batch_size, seed=seed, progress=progress,
+        spec=spec)
 
 
 CLASSIFIERS = ('lbfgs', 'sgd')
@@ -197,7 +200,8 @@ def probe_files(files, labels, train, test, seed=0, report=print,
 
 def probe_layers(net, paths, labels, train, test, layers=LAYERS, side=224,
                  batch_size=16, seed=0, folder=None, report=print,
-                 progress=None, pooling='deepcluster', classifier='lbfgs'):
+                 progress=None, pooling='deepcluster', classifier='lbfgs',
+                 spec=features.DEEPCONTEXT_INPUT):
     """Features of every layer streamed to disk, then one probe per layer.
 
     ``folder`` keeps the ``.npy`` files; None uses a temporary folder that
@@ -210,7 +214,7 @@ def probe_layers(net, paths, labels, train, test, layers=LAYERS, side=224,
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix='layer_probe_') as tmp:
         files = extract_layers(net, paths, folder or tmp, layers, side,
-                               batch_size, seed, progress, pooling)
+                               batch_size, seed, progress, pooling, spec)
         feature_time = time.time() - t0
         result = probe_files(files, labels, train, test, seed, report,
                              classifier)

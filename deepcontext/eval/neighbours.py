@@ -99,7 +99,7 @@ def nearest_neighbours(feats, queries, k=8, groups=None):
 
 
 def patch_neighbours(net, patches, layers, queries, k=8, groups=None,
-                     batch_size=32):
+                     batch_size=32, spec=features.DEEPCONTEXT_INPUT):
     """Features of patches and the nearest neighbours of the queries.
 
     Parameters
@@ -108,12 +108,13 @@ def patch_neighbours(net, patches, layers, queries, k=8, groups=None,
     patches : (N, 96, 96, 3) uint8, e.g. from :func:`sample_patches`
     layers : list of layer names, e.g. ['pool5', 'fc6']
     queries, k, groups : see :func:`nearest_neighbours`
+    spec : the input (``features.InputSpec``)
 
     Returns
     -------
     dict layer -> (indices (Q, k), scores (Q, k))
     """
-    data = np.stack([features.prep_eval(p) for p in patches])
+    data = np.stack([features.to_input(p, spec) for p in patches])
     feats = features.extract(net, data, layers, batch_size=batch_size)
     return {layer: nearest_neighbours(feats[layer], queries, k, groups)
             for layer in layers}

@@ -185,7 +185,8 @@ def streaming_probe(x, y, train, test, num_classes=None, epochs=90,
 
 
 def probe_images(net, paths, labels, train, test, layer='relu5', side=224,
-                 grid=2, seed=0, report=print):
+                 grid=2, seed=0, report=print,
+                 spec=features.DEEPCONTEXT_INPUT):
     """Linear probe on whole-image conv features of one net.
 
     Features: :func:`deepcontext.eval.features.image_features` (images resized
@@ -204,7 +205,7 @@ def probe_images(net, paths, labels, train, test, layer='relu5', side=224,
             report('features: %d/%d images' % (done, total))
 
     x = features.image_features(net, paths, layer, side, grid, seed=seed,
-                                progress=progress)
+                                progress=progress, spec=spec)
     labels = np.asarray(labels)
     result = linear_probe(x[train], labels[train], x[test], labels[test],
                           seed=seed)

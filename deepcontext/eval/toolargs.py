@@ -3,13 +3,14 @@
 Every evaluation tool takes the same network options and measures the same
 way one net or two: the snapshot given with ``--weights`` and, with
 ``--random`` (or when no weights are given), a randomly initialised net of
-the same definition, for contrast.
+the same definition, for contrast.  Every tool that measures features
+takes the same input options (:func:`add_input_arguments`).
 """
 import json
 import os
 import time
 
-from deepcontext.eval import features
+from deepcontext.eval import features, toolcheck
 from deepcontext.model import pycaffe
 
 
@@ -37,6 +38,88 @@ def add_net_arguments(parser):
                         help='GPU device id (default: CPU)')
 
 
+def add_input_arguments(parser):
+    """Add --preprocess, --mean, --input-scale, --channel-order."""
+    parser.add_argument('--preprocess', choices=features.PREPROCESS,
+                        default='reference',
+                        help='reference (default) and caffe-bgr, one '
+                             'input: BGR 0-255 minus --mean, times '
+                             '--input-scale, as the reference protocols and '
+                             'other methods\' Caffe models take it; '
+                             'deepcontext: our grey RMS-normalised input')
+    parser.add_argument('--mean', default='imagenet',
+                        help='subtracted with reference / caffe-bgr: '
+                             'imagenet (104,117,123), none, or B,G,R')
+    parser.add_argument('--input-scale', default='auto',
+                        help='auto: 50 / the input RMS measured on the '
+                             'images for our nets (as export_fast_rcnn.py), '
+                             '1 for other nets; or a number')
+    parser.add_argument('--channel-order', default='auto',
+                        choices=('auto', 'rgb', 'bgr'),
+                        help="conv1's channel order: auto is rgb for our "
+                             'patch nets, bgr for other Caffe models')
+
+
+def check_input_arguments(args):
+    """ToolError for a bad --mean or --input-scale; return the scale
+    ('auto' or a positive float)."""
+    try:
+        features.parse_mean(args.mean)
+    except ValueError as e:
+        raise toolcheck.ToolError(str(e))
+    if args.input_scale == 'auto':
+        return 'auto'
+    try:
+        scale = float(args.input_scale)
+    except ValueError:
+        scale = float('nan')
+    if not scale > 0 or scale == float('inf'):
+        raise toolcheck.ToolError('--input-scale must be auto or a positive '
+                                  'number, not %r' % args.input_scale)
+    return scale
+
+
+def input_spec(args, net, sample=(), log=print):
+    """The :class:`features.InputSpec` for ``net``, said in one line.
+
+    ``sample``: RGB 0-255 images (or patches) as the tool will feed them,
+    to measure an 'auto' input scale on (the first 64 are used), or a
+    callable returning them (:func:`scale_sample`), called only when a
+    scale is measured.
+    """
+    scale = check_input_arguments(args)
+    if callable(sample):
+        needs = (args.preprocess != 'deepcontext' and scale == 'auto'
+                 and features.is_deepcontext_net(net))
+        sample = sample() if needs else ()
+    spec = features.input_spec(net, args.preprocess, args.mean, scale,
+                               args.channel_order, list(sample)[:64])
+    if spec.preprocess == 'deepcontext':
+        log('input: deepcontext (grey, mean removed, RMS-normalised)')
+    else:
+        log('input: %s, BGR 0-255 minus %s, x %.4g%s, %s channel order '
+            'for conv1' % (spec.preprocess, 'no mean' if spec.mean is None
+                           else '(%g, %g, %g)' % spec.mean, spec.scale,
+                           ' (measured)' if args.input_scale == 'auto' and
+                           spec.scale != 1.0 else '', spec.channels))
+    return spec
+
+
+def scale_sample(paths, side, count=64):
+    """A callable: ``count`` of ``paths``, evenly spaced, resized to side.
+
+    Read once, on the first call (the nets of a run share it).
+    """
+    picked = list(paths)[::max(1, len(paths) // count)][:count]
+    cache = []
+
+    def sample():
+        if not cache:
+            cache.append([features.resized_image(p, side) for p in picked])
+        return cache[0]
+    return sample
+
+
 def iter_nets(args, log=print, force_backward=False):
     """Yield (tag, net, bn_mode) for the nets the arguments name.
 
@@ -44,6 +127,8 @@ def iter_nets(args, log=print, force_backward=False):
     caller measures it.  Tags are 'trained' and 'random'.
     ``force_backward`` builds them for gradients w.r.t. the input.
     """
+    if hasattr(args, 'preprocess'):   # refused before a net is built
+        check_input_arguments(args)
     pycaffe.set_mode(args.gpu)
     specs = []
     if args.weights:

@@ -29,14 +29,15 @@ RANKINGS = ('mean', 'max')
 
 
 def max_responses(net, paths, layer, side=224, batch_size=16, seed=0,
-                  progress=None, op='mean'):
+                  progress=None, op='mean', spec=features.DEEPCONTEXT_INPUT):
     """(N, C): each image's response of each filter of ``layer``.
 
-    ``op``: 'mean' over positions (DeepCluster's ranking) or 'max'.
+    ``op``: 'mean' over positions (DeepCluster's ranking) or 'max';
+    ``spec``: the input (``features.InputSpec``).
     """
     return features.image_features(net, paths, layer, side, grid=1,
                                    op=op, batch_size=batch_size,
-                                   seed=seed, progress=progress)
+                                   seed=seed, progress=progress, spec=spec)
 
 
 def top_images(responses, filters, k=9):

@@ -31,10 +31,9 @@ Two protocols (``PROTOCOLS``), the reference the default:
   memory), random ``side`` crops and flips; test on the 4 corner and
   centre crops and their mirrors, sigmoids averaged; VOC07 11-point AP.
 
-Inputs (``crop_input``): ``preprocess='deepcontext'`` is the toolkit's
-grey RMS-normalised input (``features.prep_eval``); ``'caffe-bgr'`` and
-``'reference'`` are the references' BGR 0-255 minus the ImageNet mean
-(104, 117, 123), times ``input_scale`` (1 for caffe-bgr).
+Inputs: ``TrainingImages.spec``, a ``features.InputSpec`` (the tools'
+``--preprocess``; ``features.to_input``): the references' BGR 0-255
+minus the ImageNet mean by default, or the toolkit's grey input.
 
 BatchNorm of trained layers follows Caffe's default: batch statistics
 while training (which also updates the stored ones), stored statistics at
@@ -70,8 +69,6 @@ PROTOCOLS = {
 # train_cls.py: -nit 80000, -bs 16, -lr 0.001; min / max scale 0.5 / 2.
 ITERS, BATCH_SIZE, BASE_LR = 80000, 16, 1e-3
 SCALES = (0.5, 2.0)
-IMAGENET_BGR_MEAN = (104.0, 117.0, 123.0)
-PREPROCESS = ('deepcontext', 'reference', 'caffe-bgr')
 BN_WARMUP = 20   # batches that give a random net's frozen BatchNorm stats
 
 
@@ -173,22 +170,6 @@ def caffe_targets(labels):
         np.float32)
 
 
-def crop_input(crop, preprocess='deepcontext', input_scale=1.0):
-    """A (side, side, 3) RGB crop, values 0-255, as a (3, side, side) input.
-
-    'deepcontext': ``features.prep_eval``; 'reference' and 'caffe-bgr':
-    BGR minus the ImageNet mean, times ``input_scale``.
-    """
-    if preprocess == 'deepcontext':
-        return features.prep_eval(crop)
-    if preprocess not in PREPROCESS:
-        raise ValueError('preprocess must be one of %s, not %r'
-                         % (', '.join(PREPROCESS), preprocess))
-    bgr = np.asarray(crop, dtype=np.float32)[:, :, ::-1]
-    bgr = (bgr - np.float32(IMAGENET_BGR_MEAN)) * np.float32(input_scale)
-    return np.ascontiguousarray(bgr.transpose(2, 0, 1))
-
-
 def resized_images(paths, resize, progress=None):
     """(N, resize, resize, 3) uint8: every image resized once."""
     out = np.empty((len(paths), resize, resize, 3), dtype=np.uint8)
@@ -253,10 +234,10 @@ class TrainingImages:
     (memory independent of the set size).
     """
 
-    def __init__(self, paths, crops, side, resize=256, preprocess=
-                 'deepcontext', input_scale=1.0, progress=None):
+    def __init__(self, paths, crops, side, resize=256,
+                 spec=features.DEEPCONTEXT_INPUT, progress=None):
         self.paths, self.crops, self.side = list(paths), crops, side
-        self.preprocess, self.input_scale = preprocess, input_scale
+        self.spec = spec   # set per net by the tool
         self.squashed = (resized_images(paths, resize, progress)
                          if crops == 'squash' else None)
 
@@ -264,8 +245,7 @@ class TrainingImages:
         return len(self.paths)
 
     def _inputs(self, crops):
-        return np.stack([crop_input(c, self.preprocess, self.input_scale)
-                         for c in crops])
+        return np.stack([features.to_input(c, self.spec) for c in crops])
 
     def train_batch(self, idx, rng):
         """(B, 3, side, side) inputs of the images ``idx``."""
