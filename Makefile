@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 CUDA ?=
 CAFFE_VARIANT := $(if $(filter 1 yes,$(CUDA)),--cuda,$(if $(filter 0 no,$(CUDA)),--cpu,))
 
-.PHONY: all setup sysdeps venv caffe photos cuda cpu gpu-bundle test demo bench clean
+.PHONY: all setup sysdeps venv caffe photos bridge bridge-optional cuda cpu gpu-bundle test demo bench clean
 
 all: setup
 
@@ -68,7 +68,16 @@ gpu-bundle: venv
 	@$(PY) caffe_ext/build.py --cuda --no-install
 	$(PY) caffe_ext/bundle.py
 
-test: setup
+# The bridge to PyTorch and ONNX (tools/export_torch.py; requirements-bridge.txt):
+# torch's CPU build, onnx, onnxruntime.  `make test` installs it where its
+# wheels exist, and otherwise says so and skips its tests.
+bridge: venv
+	@bash caffe_ext/bridge.sh $(VENV)
+
+bridge-optional: venv
+	@bash caffe_ext/bridge.sh $(VENV) --optional
+
+test: setup bridge-optional
 	$(PY) -m pytest $(PYTEST_ARGS) tests
 
 demo: setup
