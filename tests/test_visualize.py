@@ -54,6 +54,51 @@ def test_gradient_ascent_raises_the_response(net):
     assert visualize.to_display(x[0]).dtype == np.uint8
 
 
+def test_reference_ascent_gradient_is_the_objectives(net):
+    """The pixel gradient of DeepCluster's objective (log softmax of the
+    channel means at the filter), through our BGR input with the channels
+    put back in RGB order, against a finite difference (conv1: linear)."""
+    spec = features.InputSpec('reference', features.IMAGENET_BGR_MEAN, 0.8,
+                              'rgb')
+    jac = visualize.pixel_jacobian(spec)
+    rs = np.random.RandomState(2)
+    px = rs.uniform(0, 255, (1, 48, 48, 3))
+    direction = rs.randn(*px.shape)
+
+    def objective(pixels):
+        data = np.stack([features.to_input(p, spec) for p in pixels])
+        features.pycaffe.set_data(net, data)
+        net.forward(end='conv1')
+        diff, _ = visualize.channel_mean_objective(net, 'conv1', [5])
+        means = net.blobs['conv1'].data.mean(axis=(2, 3)).astype(np.float64)
+        logp = means[0] - np.log(np.exp(means[0] - means[0].max()).sum()) \
+            - means[0].max()
+        return logp[5], diff
+    value, diff = objective(px)
+    grad = features.pycaffe.input_gradient(net, 'conv1', diff)
+    pixel_grad = np.einsum('ij,nihw->nhwj', jac, grad)
+    eps = 1e-2
+    numeric = (objective(px + eps * direction)[0]
+               - objective(px - eps * direction)[0]) / (2 * eps)
+    assert numeric == pytest.approx((pixel_grad * direction).sum(), rel=2e-2)
+    assert jac.tolist() == (np.eye(3) * 0.8).tolist()
+    bgr = visualize.pixel_jacobian(spec._replace(channels='bgr', scale=1.0))
+    assert bgr.tolist() == np.eye(3)[[2, 1, 0]].tolist()
+    with pytest.raises(ValueError, match='--ascent deepcontext'):
+        visualize.pixel_jacobian(features.DEEPCONTEXT_INPUT)
+
+
+def test_reference_ascent_raises_the_filters_mean(net):
+    spec = features.InputSpec('reference', features.IMAGENET_BGR_MEAN, 0.9,
+                              'rgb')
+    x, start, end, used = visualize.gradient_ascent_reference(
+        net, 'relu2', [0, 1, 2], spec, side=64, steps=12)
+    assert x.shape == (3, 64, 64, 3) and set(used) <= {'relu2', 'conv2'}
+    assert np.all(end > start)
+    shown = visualize.to_display_reference(x[0])
+    assert shown.dtype == np.uint8 and 100 < shown.mean() < 155
+
+
 def test_visualize_tool(bn_snapshot, tmp_path):
     run_tool('visualize_filters.py', '--weights', bn_snapshot[2], '--random',
              '--layer', 'relu2', '--num-filters', '3', '--top', '3',
@@ -72,6 +117,7 @@ def test_visualize_tool(bn_snapshot, tmp_path):
 @pytest.mark.parametrize('args, message', [
     (['--layer', 'relu9'], 'unknown layer relu9'),
     (['--filters', '999'], 'filters 0..'),
+    (['--preprocess', 'deepcontext'], 'use --ascent deepcontext'),
 ])
 def test_visualize_tool_refuses(tmp_path, args, message):
     r = subprocess.run([sys.executable, os.path.join(

@@ -13,6 +13,11 @@
   inputs live in the network's input space (``features.prep_eval``: mean
   0, RMS about 29) and are shown stretched to 0..255.
 
+* Gradient ascent as DeepCluster's ``visu/gradient_ascent.py``
+  (:func:`gradient_ascent_reference`, the tool's default): 224 px pixels
+  from N(128, 20) noise, through the net's input (``features.to_input``),
+  maximising the log softmax of the layer's channel means at the filter.
+
 With batch-statistics BatchNorm (a random net), the images of a batch
 normalise each other: the ascent of one filter sees the others' inputs.
 """
@@ -155,3 +160,115 @@ def gradient_ascent(net, layer, filters, side=features.INPUT_SIDE,
             progress(step + 1, steps)
     end, _ = unit_gradient(net, x, layer, filters)
     return x, start, end, layer
+
+
+ASCENTS = ('reference', 'deepcontext')
+# DeepCluster's visu/gradient_ascent.py defaults.
+REFERENCE_ASCENT = dict(side=224, steps=1000, lr=3.0, wd=1e-5, blur_every=5,
+                        blur_sigma=0.3, noise_mean=128.0, noise_std=20.0)
+
+
+def pixel_jacobian(spec):
+    """(3, 3) matrix J with net input channels = J @ pixel RGB channels,
+    before the mean: the linear part of ``features.to_input`` for the
+    'reference' / 'caffe-bgr' inputs."""
+    if spec.preprocess == 'deepcontext':
+        raise ValueError('the reference ascent works on pixels through a '
+                         'linear input: --preprocess reference or caffe-bgr '
+                         '(with deepcontext input: --ascent deepcontext)')
+    order = [2, 1, 0] if spec.channels == 'bgr' else [0, 1, 2]
+    return np.eye(3)[order] * spec.scale
+
+
+def channel_mean_objective(net, layer, filters):
+    """Top diff of d(log softmax of the channel means)[filter] / d(top).
+
+    DeepCluster's objective: minus the cross-entropy of the layer's
+    channel means (over positions) against the filter's index.  Returns
+    the diff and each input's mean response of its filter.
+    """
+    top = net.blobs[net.top_names[layer][0]].data
+    n, c, h, w = top.shape
+    means = top.mean(axis=(2, 3)).astype(np.float64)
+    p = np.exp(means - means.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    d = -p
+    d[np.arange(n), filters] += 1.0
+    diff = np.broadcast_to((d / (h * w))[:, :, None, None], top.shape)
+    return diff.astype(np.float32), means[np.arange(n), filters]
+
+
+def gradient_ascent_reference(net, layer, filters, spec, side=224,
+                              steps=1000, lr=3.0, wd=1e-5, blur_every=5,
+                              blur_sigma=0.3, noise_mean=128.0,
+                              noise_std=20.0, seed=0, progress=None):
+    """DeepCluster's gradient ascent (``visu/gradient_ascent.py``).
+
+    Pixels start as N(128, 20) noise (RGB, 0-255 scale) and go into the
+    net through ``spec`` (``features.to_input``, linear).  Each step
+    maximises the log softmax of the layer's channel means at the filter
+    (after ReLU; for a filter whose mean is 0 there, the producing conv
+    layer's output, as the reference does), minus ``wd`` ||x||^2; the
+    gradient with respect to the pixels is divided by its L2 norm (per
+    image) and added times ``lr``; at steps 0, 5, 10, ... the pixels are
+    blurred (Gaussian, ``blur_sigma``, spatial axes).
+
+    Returns
+    -------
+    x : (F, side, side, 3) float32 pixels
+    start, end : (F,) the filters' mean responses, first and last step
+    layers : list of str, the layer each filter's objective was read at
+    """
+    from scipy import ndimage   # here: the GPU bundle has no scipy
+    jac = pixel_jacobian(spec)
+    mean_in = features.to_input(np.zeros((1, 1, 3)), spec)[:, 0, 0]
+    filters = np.asarray(filters)
+    rng = np.random.RandomState(seed)
+    x = (rng.randn(len(filters), side, side, 3) * noise_std
+         + noise_mean).astype(np.float32)
+    conv = producing_layer(net, layer)
+
+    def step_gradient(x):
+        # Net input: J @ pixel + the input of a zero pixel (the mean part).
+        data = np.einsum('ij,nhwj->nihw', jac, x) + mean_in[None, :, None,
+                                                            None]
+        pycaffe.set_data(net, data.astype(np.float32))
+        net.forward(end=layer)
+        diff, resp = channel_mean_objective(net, layer, filters)
+        dead = resp == 0
+        grad = pycaffe.input_gradient(net, layer, diff)
+        used = [layer] * len(filters)
+        if dead.any():
+            net.forward(end=conv)
+            cdiff, cresp = channel_mean_objective(net, conv, filters)
+            cgrad = pycaffe.input_gradient(net, conv, cdiff)
+            grad[dead] = cgrad[dead]
+            resp = np.where(dead, cresp, resp)
+            used = [conv if d else layer for d in dead]
+        # Back to pixels (J^T), and minus the weight decay's gradient.
+        g = np.einsum('ij,nihw->nhwj', jac, grad) - 2.0 * wd * x
+        return resp, g, used
+
+    start = None
+    for it in range(steps):
+        resp, g, used = step_gradient(x)
+        if start is None:
+            start = resp
+        norm = np.sqrt((g.astype(np.float64) ** 2).sum(axis=(1, 2, 3)))
+        x = (x + lr * g / (norm[:, None, None, None] + 1e-8)).astype(
+            np.float32)
+        if blur_every and it % blur_every == 0:
+            x = ndimage.gaussian_filter(
+                x, (0, blur_sigma, blur_sigma, 0)).astype(np.float32)
+        if progress is not None:
+            progress(it + 1, steps)
+    end, _, used = step_gradient(x)
+    return x, start if start is not None else end, end, used
+
+
+def to_display_reference(x):
+    """(H, W, 3) pixels as DeepCluster shows them: centred, std 0.1,
+    + 0.5, clipped to 0..1, times 255 (uint8)."""
+    x = np.asarray(x, dtype=np.float64)
+    x = (x - x.mean()) / (x.std() + 1e-5) * 0.1 + 0.5
+    return np.clip(np.clip(x, 0, 1) * 255, 0, 255).astype(np.uint8)
