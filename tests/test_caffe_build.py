@@ -56,12 +56,18 @@ def test_caffe_python_unit_tests(tmp_path):
     skip = ([] if pycaffe.cpu_only() else
             ['--deselect',
              'python/caffe/test/test_net.py::TestNet::test_save_hdf5'])
+    # Its net files are NamedTemporaryFile(delete=False), never removed (8
+    # a run were left in /tmp): TMPDIR puts them in a folder pytest prunes.
+    scratch = tmp_path / 'tmp'
+    scratch.mkdir()
     r = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p',
                         'no:cacheprovider', '-W', 'ignore::DeprecationWarning',
                         str(suite)] + skip, cwd=tmp_path,
+                       env=dict(os.environ, TMPDIR=str(scratch)),
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert re.search(r'\b5\d passed', r.stdout), r.stdout[-500:]
+    assert any(scratch.iterdir()), 'TMPDIR was not honoured'
 
 
 # Caffe's whole C++ suite on the CPU (1058 tests, about 50 s on 2 cores;

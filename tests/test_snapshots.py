@@ -79,7 +79,8 @@ def test_marker_holds_sizes_hashes_iteration_net_and_solver(pair):
     ('solverstate', 0, b'\xff' * 64),
     ('solverstate', -5, b'\xff' * 5),
     ('caffemodel', 100 << 20, b'\x00\x00\xc0\x7f' * (1 << 18)),  # 1 MiB NaN
-])
+], ids=['caffemodel-head-random', 'solverstate-head', 'solverstate-tail',
+        'caffemodel-1MiB-NaN-at-100MiB'])
 def test_same_size_corruption_is_rejected(pair, name, offset, data):
     out, layers = pair
     snapshots.mark_complete(out, 2, layers)
