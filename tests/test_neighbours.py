@@ -34,6 +34,7 @@ def test_nearest_neighbours_skip_the_query_and_its_image(trained, patches):
 
 
 def test_nn_patches_tool(bn_snapshot, tmp_path):
+    tmp_path = tmp_path / 'not_yet'       # the tool makes its --out folder
     out = run_tool('nn_patches.py', '--weights', bn_snapshot[2], '--random',
                    '--images', *held_out(3), '--per-image', '2',
                    '--queries', '2', '--k', '3', '--layers', 'fc6',

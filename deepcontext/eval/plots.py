@@ -20,7 +20,8 @@ from deepcontext.data.sampling import CHANCE_LOSS
 
 
 def save(fig, path, dpi=100):
-    """Write ``fig`` as a PNG at ``path``; return the path."""
+    """Write ``fig`` as a PNG at ``path`` (folder created); return the path."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=dpi, format='png')
     return path
 
