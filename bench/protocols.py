@@ -3,19 +3,22 @@
 The figures of docs/evaluation.md's "Measured with the reference defaults"
 table: each tool as the README runs it, with its defaults
 (``--preprocess reference``, the reference settings of docs/evaluation.md's
-tables), on the small sets this machine has, and ``--random`` so the random net (Caffe's fillers,
-``--seed``, BatchNorm on batch statistics) goes through the same run.
+tables), on the small sets this machine has, and ``--random`` so the random
+net (Caffe's fillers, ``--seed``, BatchNorm on batch statistics) goes
+through the same run.
 
-    .venv/bin/python bench/protocols.py [--weights demo_out/train_out/model_iter_60.caffemodel]
-                                        [--out /tmp/protocols] [--only probe_gcompris ...]
+    .venv/bin/python bench/protocols.py
+        [--weights demo_out/train_out/model_iter_60.caffemodel]
+        [--out /tmp/protocols] [--only probe_gcompris ...]
 
-Sets: GCompris's categorisation pictures (``debian_photos.gcompris_categories``,
-split in half), elpv mono / poly cells (``tests/labelled_fixtures.elpv_folder``,
-100 a class), the hand-labelled VOC layout (``tests/labelled_fixtures.voc_folder``)
-and the embedded held-out photos. The iteration counts are cut to what a
-2-core CPU runs in minutes (the flags are printed with each figure); the
-reference lengths (80k iterations, 1,000 ascent steps) are the tools'
-defaults and run on a GPU. Prints one line per protocol and net and writes
+Sets: GCompris's categorisation pictures
+(``debian_photos.gcompris_categories``, split in half), elpv mono / poly
+cells (``tests/labelled_fixtures.elpv_folder``, 100 a class), the
+hand-labelled VOC layout (``tests/labelled_fixtures.voc_folder``) and the
+embedded held-out photos. The iteration counts are cut to what a 2-core CPU
+runs in minutes (the flags are printed with each figure); the reference
+lengths (80k iterations, 1,000 ascent steps) are the tools' defaults and
+run on a GPU. Prints one line per protocol and net and writes
 protocols.json (figures, seconds, the command) under --out.
 """
 import argparse
