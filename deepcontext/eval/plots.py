@@ -138,7 +138,6 @@ def plot_run(outdir, dest=None, window=20):
         Paths of the PNGs written.
     """
     dest = outdir if dest is None else dest
-    os.makedirs(dest, exist_ok=True)
     log = logparse.parse_out_log(os.path.join(outdir, 'out.log'))
     paths = [save(loss_figure(log, window), os.path.join(dest, 'loss.png')),
              save(timing_figure(log), os.path.join(dest, 'timing.png'))]
