@@ -78,8 +78,7 @@ def _visualize(j):
 
 def _nn(j):
     def mean(rows):
-        flat = [v for row in rows for v in row]
-        return sum(flat) / len(flat)
+        return statistics.fmean(v for row in rows for v in row)
     return {tag: ', '.join('%s mean neighbour correlation %.3f'
                            % (layer, mean(v['correlation']))
                            for layer, v in r['layers'].items())
